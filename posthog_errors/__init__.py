@@ -1,0 +1,25 @@
+"""posthog-errors: every Python failure in PostHog as a proper ``$exception`` event.
+
+Importing this package has no side effects: it installs no hook, starts no thread and
+imports neither sentry-sdk nor structlog. See ``install()``, ``PostHogHandler``,
+``posthog_errors.structlog`` and ``posthog_errors.sentry``.
+"""
+
+from __future__ import annotations
+
+from posthog_errors._capture import capture_exception, flush, stats
+from posthog_errors._payload import exception_properties
+
+__version__ = "0.1.0"
+
+POSTHOG_ID_TAG = "posthog_distinct_id"
+"""The Sentry tag that carries the PostHog distinct ID (as in posthog-node)."""
+
+__all__ = [
+    "POSTHOG_ID_TAG",
+    "__version__",
+    "capture_exception",
+    "exception_properties",
+    "flush",
+    "stats",
+]

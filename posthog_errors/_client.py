@@ -1,0 +1,93 @@
+"""Which posthog client an event goes to.
+
+Resolution, in order: the ``client`` argument (a ``posthog.Posthog``, or a zero-argument
+callable returning one per event, for multi-tenant apps), then ``api_key``/``host``, then
+the environment (``POSTHOG_API_KEY`` or ``POSTHOG_PROJECT_API_KEY``, and ``POSTHOG_HOST``).
+With none of them, a single warning, and nothing is captured: never an exception.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["ClientSource"]
+
+logger = logging.getLogger("posthog_errors")
+
+
+class ClientSource:
+    """Resolves the client for one event, on the caller's thread.
+
+    A callable is called for every event, on the caller's thread, so it can read the
+    request's tenant from the caller's context. A client built from a key is built once.
+    """
+
+    def __init__(
+        self, client: Any = None, *, api_key: str | None = None, host: str | None = None
+    ) -> None:
+        if client is not None and not _is_client(client) and not callable(client):
+            raise TypeError(
+                "client must be a posthog.Posthog instance or a zero-argument callable "
+                f"returning one, got {client!r}"
+            )
+        for name, value in (("api_key", api_key), ("host", host)):
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"{name} must be a string, got {value!r}")
+        self._client = client
+        self._api_key = api_key
+        self._host = host
+        self._built: Any = None
+        self._lock = threading.Lock()
+        self._warned = False
+
+    def resolve(self) -> Any:
+        """The client for this event, or None (after one warning) when there is none."""
+        client = self._client
+        if client is not None:
+            if _is_client(client):
+                return client
+            produced = client()
+            if produced is None or _is_client(produced):
+                return produced
+            raise TypeError(f"the client callable returned {produced!r}, not a posthog client")
+        if self._built is None:
+            self._build()
+        return self._built
+
+    def _build(self) -> None:
+        with self._lock:
+            if self._built is not None or self._warned:
+                return
+            api_key = (
+                self._api_key
+                or os.environ.get("POSTHOG_API_KEY")
+                or os.environ.get("POSTHOG_PROJECT_API_KEY")
+            )
+            if not api_key:
+                self._warned = True
+                warnings.warn(
+                    "posthog-errors has no PostHog client: pass client= or api_key=, or set "
+                    "POSTHOG_API_KEY (and POSTHOG_HOST). Exceptions are not captured.",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+                return
+            from posthog import Posthog
+
+            self._built = Posthog(api_key, host=self._host or os.environ.get("POSTHOG_HOST"))
+
+    def own_client(self) -> Any:
+        """The client this source built itself (to be shut down with it), if any."""
+        return self._built
+
+
+def _is_client(value: Any) -> bool:
+    return callable(getattr(value, "capture", None)) and callable(getattr(value, "flush", None))
+
+
+ClientFactory = Callable[[], Any]

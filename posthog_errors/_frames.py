@@ -1,0 +1,182 @@
+"""Turning a frame reference into a PostHog frame dict, cached per code location.
+
+A frame dict depends only on (code object, line number) and the options, so it is built
+once and reused: the second failure at the same site costs a dict lookup. Source lines come
+from :mod:`linecache` (read and split once per file, shared with :mod:`traceback`), not from
+``loader.get_source()`` per frame, which is where posthog-python spends half its time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import linecache
+import os
+import re
+import sys
+import sysconfig
+import threading
+from types import CodeType
+from typing import Any
+
+from posthog_errors._options import PayloadOptions
+
+__all__ = ["FrameBuilder", "safe_text"]
+
+_OWN_PACKAGE = __name__.partition(".")[0]
+_EXTERNAL_PATH = re.compile(r"[\\/](?:site|dist)-packages[\\/]")
+_CACHE_LIMIT = 4096
+# Pseudo-files that are the user's own code typed or generated at run time.
+_USER_PSEUDO_FILES = ("<string>", "<stdin>", "<console>", "<input>")
+
+
+def _stdlib_prefixes() -> tuple[str, ...]:
+    paths = {os.path.dirname(os.__file__)}
+    for name in ("stdlib", "platstdlib"):
+        with contextlib.suppress(Exception):
+            paths.add(sysconfig.get_path(name))
+    for prefix in {sys.base_prefix, sys.base_exec_prefix}:
+        paths.add(os.path.join(prefix, "lib", f"python{sys.version_info[0]}.{sys.version_info[1]}"))
+    return tuple(sorted(os.path.abspath(p).rstrip(os.sep) + os.sep for p in paths if p))
+
+
+_STDLIB_PREFIXES = _stdlib_prefixes()
+
+
+def safe_text(value: str, limit: int) -> str:
+    """``value`` cut to ``limit`` characters and made encodable as UTF-8.
+
+    Lone surrogates (from ``surrogateescape`` file names, hostile messages) would make the
+    JSON unreadable to PostHog's ingestion, so they are replaced.
+    """
+    if len(value) > limit:
+        value = value[: limit - 3] + "..."
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", "replace").decode("utf-8")
+    return value
+
+
+class FrameBuilder:
+    """Builds (and caches) frame dicts for one set of :class:`PayloadOptions`."""
+
+    def __init__(self, options: PayloadOptions) -> None:
+        self.options = options
+        # (code, lineno) -> (frame dict, approximate JSON size). Entries are shared
+        # between events and must be treated as read-only.
+        self._cache: dict[tuple[CodeType, int | None], tuple[dict[str, Any], int]] = {}
+        self._in_app_cache: dict[CodeType, bool] = {}
+        self._lock = threading.Lock()
+
+    def frame(
+        self, code: CodeType, lineno: int | None, module: object
+    ) -> tuple[dict[str, Any], int]:
+        key = (code, lineno)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        built = self._build(code, lineno, module if isinstance(module, str) else None)
+        with self._lock:
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[key] = built
+        return built
+
+    def _build(
+        self, code: CodeType, lineno: int | None, module: str | None
+    ) -> tuple[dict[str, Any], int]:
+        limit = self.options.max_line_length
+        raw_path = code.co_filename if isinstance(code.co_filename, str) else ""
+        is_pseudo = raw_path.startswith("<") and raw_path.endswith(">")
+        abs_path = raw_path if is_pseudo or not raw_path else os.path.abspath(raw_path)
+        if not isinstance(lineno, int) or lineno < 1:
+            lineno = None
+        pre, line, post = self._source_context(raw_path, lineno, module)
+        frame: dict[str, Any] = {
+            "platform": "python",
+            "filename": safe_text(_relative_filename(abs_path, module) or "<unknown>", limit),
+            "abs_path": safe_text(abs_path, limit) if abs_path else None,
+            "function": safe_text(code.co_name or "<unknown>", limit),
+            "module": safe_text(module, limit) if module else None,
+            "lineno": lineno,
+            "pre_context": pre,
+            "context_line": line,
+            "post_context": post,
+            "in_app": self.in_app(code, abs_path, module),
+        }
+        size = 160 + len(frame["filename"]) + len(abs_path) + len(frame["function"])
+        size += sum(len(s) for s in pre) + sum(len(s) for s in post) + len(line or "")
+        return frame, size
+
+    def _source_context(
+        self, path: str, lineno: int | None, module: str | None
+    ) -> tuple[list[str], str | None, list[str]]:
+        if lineno is None or not path:
+            return [], None, []
+        try:
+            module_globals = None
+            if module and not os.path.exists(path):
+                # Zip imports and the like: linecache asks the module's loader.
+                loaded = sys.modules.get(module)
+                module_globals = getattr(loaded, "__dict__", None)
+            lines = linecache.getlines(path, module_globals)
+        except Exception:
+            return [], None, []
+        index = lineno - 1
+        if index >= len(lines):
+            # The file changed (or is not the code that ran): no context rather than wrong.
+            return [], None, []
+        n = self.options.context_lines
+        limit = self.options.max_line_length
+        pre = [safe_text(s.rstrip("\r\n"), limit) for s in lines[max(0, index - n) : index]]
+        line = safe_text(lines[index].rstrip("\r\n"), limit)
+        post = [safe_text(s.rstrip("\r\n"), limit) for s in lines[index + 1 : index + 1 + n]]
+        return pre, line, post
+
+    def in_app(self, code: CodeType, abs_path: str, module: str | None) -> bool:
+        cached = self._in_app_cache.get(code)
+        if cached is None:
+            cached = self._classify(abs_path, module)
+            self._in_app_cache[code] = cached
+            if len(self._in_app_cache) > _CACHE_LIMIT:
+                self._in_app_cache.clear()
+        return cached
+
+    def _classify(self, abs_path: str, module: str | None) -> bool:
+        options = self.options
+        if module is not None:
+            if _module_matches(module, options.in_app_include):
+                return True
+            if _module_matches(module, options.in_app_exclude):
+                return False
+            if _module_matches(module, (_OWN_PACKAGE,)):
+                return False
+        if not abs_path:
+            return False
+        if abs_path.startswith("<"):
+            # <frozen importlib._bootstrap> is the interpreter's; <string>/<stdin> are the user's.
+            return abs_path in _USER_PSEUDO_FILES
+        if _EXTERNAL_PATH.search(abs_path) or abs_path.startswith(_STDLIB_PREFIXES):
+            return False
+        if options.project_root is not None:
+            return abs_path.startswith(options.project_root)
+        return True
+
+
+def _module_matches(module: str, prefixes: tuple[str, ...]) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in prefixes)
+
+
+def _relative_filename(abs_path: str, module: str | None) -> str:
+    """``posthog/contexts.py`` for package modules, the basename for top-level ones."""
+    if not abs_path or abs_path.startswith("<"):
+        return abs_path
+    parts = abs_path.replace("\\", "/").split("/")
+    if not module or module == "__main__":
+        return parts[-1]
+    depth = module.count(".") + 1
+    if parts[-1].startswith("__init__."):
+        depth += 1
+    elif depth == 1:
+        return parts[-1]
+    return "/".join(parts[-depth:])

@@ -1,0 +1,92 @@
+"""The guard between the host app and the library's own code.
+
+Two jobs, one home:
+
+* **Re-entrancy.** While the library runs (on the caller's thread, or on its worker), a
+  context variable says so. Entry points check it first, so nothing the library or the
+  posthog client logs while working is ever captured again.
+* **Internal errors.** A bug of ours must never reach the app: it is swallowed and counted.
+  Under the project's own test suite (``POSTHOG_ERRORS_STRICT=1``) it is re-raised on the
+  caller's thread and recorded for the worker's, so that bugs cannot hide behind the guard.
+
+Only :class:`Exception` is ever caught: ``KeyboardInterrupt``, ``SystemExit`` and
+``asyncio.CancelledError`` are ``BaseException`` and pass through untouched.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from posthog_errors._stats import STATS
+
+__all__ = [
+    "STRICT_ENV_VAR",
+    "inside_library",
+    "internal_error",
+    "library_code",
+    "mark_library_thread",
+    "strict_failures",
+]
+
+STRICT_ENV_VAR = "POSTHOG_ERRORS_STRICT"
+
+_inside: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "posthog_errors_inside", default=False
+)
+_library_threads: set[int] = set()
+_strict_failures: list[BaseException] = []
+
+
+def inside_library() -> bool:
+    """True while library code (or a thread the library owns) is running."""
+    return _inside.get() or threading.get_ident() in _library_threads
+
+
+@contextmanager
+def library_code() -> Iterator[None]:
+    """Mark the enclosed block as library code, so whatever it logs is not captured."""
+    token = _inside.set(True)
+    try:
+        yield
+    finally:
+        _inside.reset(token)
+
+
+def mark_library_thread() -> None:
+    """Mark the calling thread as owned by the library for its whole life."""
+    _library_threads.add(threading.get_ident())
+
+
+def unmark_library_thread() -> None:
+    _library_threads.discard(threading.get_ident())
+
+
+def _strict() -> bool:
+    # Read on the error path only, so setting it late (in a conftest) still works.
+    return os.environ.get(STRICT_ENV_VAR) == "1"
+
+
+def internal_error(error: Exception, *, reraise: bool = True) -> None:
+    """Count a bug of ours; in strict mode, surface it.
+
+    ``reraise=False`` is for the worker thread: raising there would only kill the worker,
+    so strict mode records the error for the test suite to fail on instead.
+    """
+    STATS.add("internal_errors")
+    if _strict():
+        _strict_failures.append(error)
+        if reraise:
+            raise error
+
+
+def strict_failures() -> list[BaseException]:
+    """Internal errors recorded in strict mode (the test suite fails on any)."""
+    return _strict_failures
+
+
+def _after_fork_in_child() -> None:
+    _library_threads.clear()

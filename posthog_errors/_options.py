@@ -1,0 +1,68 @@
+"""Validated payload options, checked once at configuration time.
+
+Bad values fail here with a message that names the value and what is accepted, so that a
+typo in ``dictConfig`` is an error at start-up rather than a silent gap in error reports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterable
+
+__all__ = ["PayloadOptions"]
+
+
+@dataclasses.dataclass(frozen=True)
+class PayloadOptions:
+    """How exceptions are turned into ``$exception`` properties.
+
+    ``in_app_include`` / ``in_app_exclude`` are module prefixes (``"myapp"`` matches
+    ``myapp.views``); include wins over exclude, and both win over the path rules.
+    ``project_root``, when set, makes only code under that directory in-app.
+    """
+
+    in_app_include: tuple[str, ...] = ()
+    in_app_exclude: tuple[str, ...] = ()
+    project_root: str | None = None
+    context_lines: int = 5
+    max_frames: int = 100
+    max_exceptions: int = 50
+    max_value_length: int = 8192
+    max_line_length: int = 1000
+    max_event_bytes: int = 512 * 1024
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "in_app_include", _modules("in_app_include", self.in_app_include))
+        object.__setattr__(self, "in_app_exclude", _modules("in_app_exclude", self.in_app_exclude))
+        if self.project_root is not None:
+            if not isinstance(self.project_root, (str, os.PathLike)):
+                raise TypeError(
+                    f"project_root must be a path (str or os.PathLike) or None, "
+                    f"got {self.project_root!r}"
+                )
+            root = os.path.abspath(os.fspath(self.project_root))
+            object.__setattr__(self, "project_root", root.rstrip(os.sep) + os.sep)
+        for name, minimum in (
+            ("context_lines", 0),
+            ("max_frames", 2),
+            ("max_exceptions", 1),
+            ("max_value_length", 16),
+            ("max_line_length", 16),
+            ("max_event_bytes", 16 * 1024),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def _modules(name: str, value: Iterable[str] | str | None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, str) else list(value)
+    for item in items:
+        if not isinstance(item, str) or not item or item.startswith("."):
+            raise ValueError(
+                f"{name} takes module names such as 'myapp' or 'myapp.views', got {item!r}"
+            )
+    return tuple(items)

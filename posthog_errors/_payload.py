@@ -1,0 +1,217 @@
+"""The ``$exception`` payload builder: pure, no I/O beyond reading source through linecache.
+
+Everything here runs on the worker thread (or in :func:`exception_properties`, for users who
+want the payload itself) and never raises: hostile ``__str__``/``__repr__``, missing source,
+frozen modules and cyclic chains all produce a valid payload, per exception-event.md.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable
+from typing import Any
+
+from posthog_errors._frames import FrameBuilder, safe_text
+from posthog_errors._options import PayloadOptions
+from posthog_errors._snapshot import EventSnapshot, ExceptionSnapshot, walk_exceptions
+
+__all__ = ["LEVELS", "build_properties", "exception_properties"]
+
+LEVELS = ("fatal", "error", "warning", "log", "info", "debug")
+
+# Keys the payload owns; user properties cannot overwrite them. ``$exception_fingerprint``
+# is deliberately absent: setting a custom fingerprint is a documented use.
+_RESERVED = frozenset(
+    {"$exception_list", "$exception_level", "$exception_source", "$exception_handled"}
+)
+
+
+def exception_properties(
+    exc: BaseException,
+    *,
+    level: str = "error",
+    handled: bool = True,
+    mechanism: str = "generic",
+    source: str = "python.manual",
+    in_app_include: Iterable[str] = (),
+    in_app_exclude: Iterable[str] = (),
+    project_root: str | None = None,
+    max_frames: int = 100,
+) -> dict[str, Any]:
+    """The ``$exception`` properties for ``exc``, as this library would send them.
+
+    Pure: no network, no client, no global state touched. Useful to inspect or test what
+    PostHog will receive. Bad options raise ``ValueError``/``TypeError``; a bad exception
+    never makes it raise.
+    """
+    options = _options(tuple(in_app_include), tuple(in_app_exclude), project_root, max_frames)
+    if not isinstance(exc, BaseException):
+        raise TypeError(f"exception_properties() takes an exception, got {type(exc).__name__}")
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {', '.join(LEVELS)}; got {level!r}")
+    snapshot = EventSnapshot(
+        uuid="",
+        timestamp=0.0,
+        exceptions=walk_exceptions(
+            exc, max_exceptions=options.max_exceptions, max_frames=options.max_frames
+        ),
+        level=level,
+        handled=bool(handled),
+        mechanism=mechanism,
+        source=source,
+    )
+    return build_properties(snapshot, _builder(options))
+
+
+@functools.lru_cache(maxsize=16)
+def _options(
+    include: tuple[str, ...], exclude: tuple[str, ...], root: str | None, max_frames: int
+) -> PayloadOptions:
+    return PayloadOptions(
+        in_app_include=include, in_app_exclude=exclude, project_root=root, max_frames=max_frames
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _builder(options: PayloadOptions) -> FrameBuilder:
+    return FrameBuilder(options)
+
+
+def build_properties(snapshot: EventSnapshot, builder: FrameBuilder) -> dict[str, Any]:
+    """Build the event properties for a snapshot; the caller adds client-side context."""
+    options = builder.options
+    entries: list[dict[str, Any]] = []
+    sizes: list[int] = []
+    for entry in snapshot.exceptions:
+        payload, size = _exception_entry(entry, snapshot, builder)
+        entries.append(payload)
+        sizes.append(size)
+    if sum(sizes) > options.max_event_bytes:
+        _shrink(entries, options.max_event_bytes)
+
+    properties: dict[str, Any] = dict(snapshot.properties) if snapshot.properties else {}
+    for key in _RESERVED.intersection(properties):
+        del properties[key]
+    properties["$exception_list"] = entries
+    properties["$exception_level"] = snapshot.level
+    properties["$exception_source"] = snapshot.source
+    properties["$exception_handled"] = snapshot.handled
+    fingerprint = snapshot.fingerprint or properties.get("$exception_fingerprint")
+    if fingerprint is not None:
+        properties["$exception_fingerprint"] = _fingerprint_text(fingerprint)
+    if snapshot.session_id:
+        properties["$session_id"] = snapshot.session_id
+    return properties
+
+
+def _exception_entry(
+    entry: ExceptionSnapshot, snapshot: EventSnapshot, builder: FrameBuilder
+) -> tuple[dict[str, Any], int]:
+    limit = builder.options.max_value_length
+    exc = entry.exception
+    if exc is None:
+        type_name, module, value = entry.synthetic_type or "Message", None, entry.synthetic_value
+    else:
+        type_name, module, value = _type_name(exc), _type_module(exc), _message(exc)
+    result: dict[str, Any] = {
+        "type": safe_text(type_name, 512),
+        "value": safe_text(value or "", limit),
+        "module": safe_text(module, 512) if module else None,
+        "mechanism": _mechanism(entry, snapshot),
+    }
+    size = 200 + len(result["value"])
+    if entry.frames:
+        frames = []
+        for code, lineno, frame_module in entry.frames:
+            frame, frame_size = builder.frame(code, lineno, frame_module)
+            frames.append(frame)
+            size += frame_size
+        result["stacktrace"] = {"type": "raw", "frames": frames}
+    return result, size
+
+
+def _mechanism(entry: ExceptionSnapshot, snapshot: EventSnapshot) -> dict[str, Any]:
+    synthetic = entry.stack_is_synthetic or entry.exception is None
+    if entry.parent_id is None:
+        mechanism: dict[str, Any] = {
+            "type": snapshot.mechanism,
+            "handled": snapshot.handled,
+            "synthetic": synthetic,
+            "exception_id": entry.exception_id,
+        }
+    else:
+        mechanism = {
+            "type": "chained",
+            "synthetic": synthetic,
+            "exception_id": entry.exception_id,
+            "parent_id": entry.parent_id,
+            "source": entry.relation or "context",
+        }
+    if entry.is_group:
+        mechanism["is_exception_group"] = True
+    return mechanism
+
+
+def _shrink(entries: list[dict[str, Any]], budget: int) -> None:
+    """Fit an oversized event: first drop context lines, then middle frames.
+
+    An event over the client's 900 KiB limit is dropped silently after its uuid was
+    returned, so it is cheaper to send less than to send nothing.
+    """
+    for entry in entries:
+        stack = entry.get("stacktrace")
+        if stack:
+            stack["frames"] = [
+                {**f, "pre_context": [], "post_context": []} for f in stack["frames"]
+            ]
+    if _size(entries) <= budget:
+        return
+    for entry in entries:
+        stack = entry.get("stacktrace")
+        if stack and len(stack["frames"]) > 20:
+            stack["frames"] = stack["frames"][:10] + stack["frames"][-10:]
+        entry["value"] = entry["value"][:1024]
+
+
+def _size(entries: list[dict[str, Any]]) -> int:
+    total = 0
+    for entry in entries:
+        total += 200 + len(entry["value"])
+        for frame in entry.get("stacktrace", {}).get("frames", ()):
+            total += 160 + len(frame["abs_path"] or "") + len(frame["context_line"] or "")
+    return total
+
+
+def _type_name(exc: BaseException) -> str:
+    cls = type(exc)
+    name = getattr(cls, "__qualname__", None) or getattr(cls, "__name__", None)
+    return name if isinstance(name, str) else "<unknown>"
+
+
+def _type_module(exc: BaseException) -> str | None:
+    module = getattr(type(exc), "__module__", None)
+    if not isinstance(module, str) or module in ("builtins", "__builtins__"):
+        return None
+    return module
+
+
+def _message(exc: BaseException) -> str:
+    """``str(exc)``, falling back the way :mod:`traceback` does when ``__str__`` raises."""
+    try:
+        text = str(exc)
+        if isinstance(text, str):
+            return text
+    except Exception:
+        pass
+    try:
+        return f"<exception str() failed: {object.__repr__(exc)}>"
+    except Exception:
+        return "<exception str() failed>"
+
+
+def _fingerprint_text(value: object) -> str:
+    if isinstance(value, str):
+        return safe_text(value, 512)
+    if isinstance(value, (list, tuple)):
+        return safe_text("/".join(str(part) for part in value), 512)
+    return safe_text(str(value), 512)

@@ -1,0 +1,229 @@
+"""The core that every entry point stays thin over.
+
+A :class:`Reporter` is one destination with its options. Its :meth:`Reporter.capture` runs
+on the caller's thread and does only the cheap part: guard, dedupe, snapshot, enqueue.
+:meth:`Reporter.deliver` runs on the worker: payload, ``before_send``, ``client.capture``.
+Data flows one way, entry point -> snapshot -> worker -> payload -> client.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import threading
+import time
+import uuid as uuid_module
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from posthog_errors import _dedupe, _guard
+from posthog_errors._client import ClientSource
+from posthog_errors._context import resolve_distinct_id, resolve_session_id
+from posthog_errors._delivery import worker
+from posthog_errors._frames import FrameBuilder
+from posthog_errors._options import PayloadOptions
+from posthog_errors._payload import LEVELS, build_properties
+from posthog_errors._snapshot import EventSnapshot, walk_exceptions
+from posthog_errors._stats import STATS
+
+__all__ = ["BeforeSend", "Reporter", "default_reporter", "set_default_reporter"]
+
+logger = logging.getLogger("posthog_errors")
+
+BeforeSend = Callable[[dict[str, Any]], "dict[str, Any] | None"]
+
+
+class Reporter:
+    """One destination (a client source) with its payload options and filters.
+
+    ``before_send`` receives the finished properties on the worker thread and returns them
+    (changed or not) or ``None`` to drop the event. ``ignore`` lists exception types that
+    are never reported (checked on the caller's thread, so it costs nothing later).
+    """
+
+    def __init__(
+        self,
+        client: Any = None,
+        *,
+        api_key: str | None = None,
+        host: str | None = None,
+        before_send: BeforeSend | None = None,
+        ignore: Iterable[type[BaseException]] = (),
+        in_app_include: Iterable[str] = (),
+        in_app_exclude: Iterable[str] = (),
+        project_root: str | None = None,
+        max_frames: int = 100,
+    ) -> None:
+        self.client_source = ClientSource(client, api_key=api_key, host=host)
+        self.options = PayloadOptions(
+            in_app_include=tuple(in_app_include),
+            in_app_exclude=tuple(in_app_exclude),
+            project_root=project_root,
+            max_frames=max_frames,
+        )
+        self.frames = FrameBuilder(self.options)
+        if before_send is not None and not callable(before_send):
+            raise TypeError(f"before_send must be a callable or None, got {before_send!r}")
+        self.before_send = before_send
+        self.ignore = _exception_types(ignore)
+
+    # -- caller's thread -------------------------------------------------------------
+
+    def capture(
+        self,
+        exc: BaseException,
+        *,
+        level: str = "error",
+        handled: bool = True,
+        mechanism: str = "generic",
+        source: str = "python.manual",
+        distinct_id: Any = None,
+        session_id: Any = None,
+        properties: dict[str, Any] | None = None,
+        fingerprint: str | None = None,
+    ) -> str | None:
+        """Snapshot ``exc`` and queue it; the event uuid, or None when nothing will be sent."""
+        if _guard.inside_library():
+            return None
+        try:
+            return self._capture(
+                exc,
+                level,
+                handled,
+                mechanism,
+                source,
+                distinct_id,
+                session_id,
+                properties,
+                fingerprint,
+            )
+        except Exception as error:
+            STATS.add("dropped")
+            _guard.internal_error(error)
+            return None
+
+    def _capture(
+        self,
+        exc: BaseException,
+        level: str,
+        handled: bool,
+        mechanism: str,
+        source: str,
+        distinct_id: Any,
+        session_id: Any,
+        properties: dict[str, Any] | None,
+        fingerprint: str | None,
+    ) -> str | None:
+        STATS.add("captured")
+        if self.ignore and isinstance(exc, self.ignore):
+            STATS.add("filtered")
+            return None
+        if level not in LEVELS:
+            STATS.add("invalid_input")
+            level = "error"
+        event_uuid = str(uuid_module.uuid4())
+        if not _dedupe.claim(exc, event_uuid):
+            STATS.add("deduplicated")
+            return None
+        client = self.client_source.resolve()
+        if client is None:
+            STATS.add("dropped")
+            return None
+        options = self.options
+        snapshot = EventSnapshot(
+            uuid=event_uuid,
+            timestamp=time.time(),
+            exceptions=walk_exceptions(
+                exc, max_exceptions=options.max_exceptions, max_frames=options.max_frames
+            ),
+            level=level,
+            handled=handled,
+            mechanism=mechanism,
+            source=source,
+            distinct_id=resolve_distinct_id(distinct_id),
+            session_id=resolve_session_id(session_id),
+            properties=dict(properties) if properties else None,
+            fingerprint=fingerprint,
+            client=client,
+            reporter=self,
+        )
+        return event_uuid if worker().submit(snapshot) else None
+
+    # -- worker thread ---------------------------------------------------------------
+
+    def deliver(self, snapshot: EventSnapshot) -> Any:
+        """Build the payload and hand it to the client. Returns the client used."""
+        properties = build_properties(snapshot, self.frames)
+        if self.before_send is not None:
+            filtered = self._run_before_send(properties)
+            if filtered is None:
+                STATS.add("filtered")
+                return None
+            properties = filtered
+        distinct_id = snapshot.distinct_id
+        if not distinct_id:
+            distinct_id = str(uuid_module.uuid4())
+            properties["$process_person_profile"] = False
+        client = snapshot.client
+        try:
+            accepted = client.capture(
+                "$exception",
+                distinct_id=distinct_id,
+                properties=properties,
+                timestamp=datetime.datetime.fromtimestamp(
+                    snapshot.timestamp, datetime.timezone.utc
+                ),
+                uuid=snapshot.uuid,
+            )
+        except Exception:
+            logger.warning("the posthog client raised while capturing an event", exc_info=True)
+            accepted = None
+        STATS.add("sent" if accepted is not None else "dropped")
+        return client
+
+    def _run_before_send(self, properties: dict[str, Any]) -> dict[str, Any] | None:
+        assert self.before_send is not None
+        try:
+            result = self.before_send(properties)
+        except Exception:
+            # The user's callback failed: send the event as built rather than lose it.
+            logger.warning("before_send raised; sending the event unchanged", exc_info=True)
+            STATS.add("invalid_input")
+            return properties
+        if result is None or isinstance(result, dict):
+            return result
+        logger.warning("before_send returned %r, not a dict or None; ignored", type(result))
+        STATS.add("invalid_input")
+        return properties
+
+
+def _exception_types(value: Iterable[type[BaseException]]) -> tuple[type[BaseException], ...]:
+    items: list[object] = [value] if isinstance(value, type) else list(value)
+    result: list[type[BaseException]] = []
+    for item in items:
+        if not (isinstance(item, type) and issubclass(item, BaseException)):
+            raise TypeError(f"ignore takes exception classes, got {item!r}")
+        result.append(item)
+    return tuple(result)
+
+
+_default: Reporter | None = None
+_default_lock = threading.Lock()
+
+
+def default_reporter() -> Reporter:
+    """The reporter ``capture_exception`` uses: the one ``install()`` set, else from the env."""
+    global _default
+    if _default is None:
+        with _default_lock:
+            if _default is None:
+                _default = Reporter()
+    return _default
+
+
+def set_default_reporter(reporter: Reporter | None) -> Reporter | None:
+    """Replace the default reporter; returns the previous one."""
+    global _default
+    with _default_lock:
+        previous, _default = _default, reporter
+    return previous

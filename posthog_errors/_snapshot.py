@@ -1,0 +1,194 @@
+"""The cheap part, taken on the caller's thread.
+
+A snapshot holds references, never formatted text: the exception objects of the chain, and
+for each frame its code object, line number and module name. Walking a 30-frame traceback
+this way costs a few microseconds; everything that reads files or formats strings happens
+later, on the worker (see ``_payload``). The chain is walked here, not later, because an
+exception's ``__cause__``/``__context__`` and traceback can change once the app moves on.
+"""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import sys
+from collections.abc import Callable
+from types import CodeType, FrameType, TracebackType
+from typing import Any
+
+__all__ = [
+    "EventSnapshot",
+    "ExceptionSnapshot",
+    "FrameRef",
+    "frames_from_stack",
+    "frames_from_traceback",
+    "group_members",
+    "walk_exceptions",
+]
+
+# (code object, line number or None, module name or None)
+FrameRef = tuple[CodeType, "int | None", "str | None"]
+
+_OWN_PACKAGE = __name__.partition(".")[0]
+_BUILTIN_GROUP: type[BaseException] | None = getattr(builtins, "BaseExceptionGroup", None)
+
+
+@dataclasses.dataclass(slots=True)
+class ExceptionSnapshot:
+    """One entry of the future ``$exception_list``."""
+
+    exception: BaseException | None
+    frames: tuple[FrameRef, ...]
+    frames_omitted: int = 0
+    exception_id: int = 0
+    parent_id: int | None = None
+    relation: str | None = None  # "cause", "context" or "member"; None for the root
+    is_group: bool = False
+    stack_is_synthetic: bool = False  # frames come from the call site, not a traceback
+    synthetic_type: str | None = None  # message-only entries have no exception object
+    synthetic_value: str | None = None
+
+
+@dataclasses.dataclass(slots=True)
+class EventSnapshot:
+    """Everything the worker needs to build and send one ``$exception`` event."""
+
+    uuid: str
+    timestamp: float
+    exceptions: list[ExceptionSnapshot]
+    level: str
+    handled: bool
+    mechanism: str
+    source: str
+    distinct_id: str | None = None
+    session_id: str | None = None
+    properties: dict[str, Any] | None = None
+    fingerprint: str | None = None
+    client: Any = None  # the posthog client resolved on the caller's thread
+    reporter: Any = None  # the Reporter that took the snapshot and will deliver it
+
+
+def frames_from_traceback(
+    tb: TracebackType | None, max_frames: int
+) -> tuple[tuple[FrameRef, ...], int]:
+    """Frames oldest call first, capped by keeping both ends; returns (frames, omitted)."""
+    frames: list[FrameRef] = []
+    while tb is not None:
+        frame = tb.tb_frame
+        frames.append((frame.f_code, tb.tb_lineno, frame.f_globals.get("__name__")))
+        tb = tb.tb_next
+    return _cap(frames, max_frames)
+
+
+def frames_from_stack(
+    frame: FrameType | None,
+    max_frames: int,
+    skip: Callable[[str | None], bool] | None = None,
+) -> tuple[tuple[FrameRef, ...], int]:
+    """The live call stack from ``frame`` outwards, oldest call first.
+
+    Frames whose module ``skip`` accepts are left out, and so are this library's own, so
+    the stack ends at the user's call site.
+    """
+    frames: list[FrameRef] = []
+    while frame is not None:
+        module = frame.f_globals.get("__name__")
+        if not _is_own_module(module) and not (skip is not None and skip(module)):
+            frames.append((frame.f_code, frame.f_lineno, module))
+        frame = frame.f_back
+    frames.reverse()
+    return _cap(frames, max_frames)
+
+
+def walk_exceptions(
+    exc: BaseException, *, max_exceptions: int, max_frames: int
+) -> list[ExceptionSnapshot]:
+    """The exception, its causes/contexts and group members, outermost first.
+
+    Depth-first, pre-order, in the order posthog-python uses: an exception, then its cause
+    (or context, unless ``__suppress_context__``) with everything below it, then its group
+    members. Cycle-safe, and capped at ``max_exceptions`` entries. Iterative, so a chain
+    longer than the recursion limit cannot break it.
+    """
+    result: list[ExceptionSnapshot] = []
+    seen: set[int] = set()
+    # (exception, parent id, relation)
+    pending: list[tuple[BaseException, int | None, str | None]] = [(exc, None, None)]
+    while pending and len(result) < max_exceptions:
+        current, parent_id, relation = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        frames, omitted = frames_from_traceback(_traceback_of(current), max_frames)
+        entry = ExceptionSnapshot(
+            exception=current,
+            frames=frames,
+            frames_omitted=omitted,
+            exception_id=len(result),
+            parent_id=parent_id,
+            relation=relation,
+            is_group=group_members(current) is not None,
+        )
+        if not frames and parent_id is None:
+            # Never raised (``capture_exception(ValueError(...))``): show where it was
+            # captured instead, marked synthetic.
+            entry.frames, entry.frames_omitted = frames_from_stack(sys._getframe(1), max_frames)
+            entry.stack_is_synthetic = bool(entry.frames)
+        result.append(entry)
+        children = _children(current)
+        # Reversed, so that the first child is popped (visited) first.
+        for child, child_relation in reversed(children):
+            pending.append((child, entry.exception_id, child_relation))
+    return result
+
+
+def _children(exc: BaseException) -> list[tuple[BaseException, str]]:
+    children: list[tuple[BaseException, str]] = []
+    try:
+        if exc.__suppress_context__:
+            if isinstance(exc.__cause__, BaseException):
+                children.append((exc.__cause__, "cause"))
+        elif isinstance(exc.__context__, BaseException):
+            children.append((exc.__context__, "context"))
+        members = group_members(exc)
+        if members is not None:
+            children.extend((m, "member") for m in members if isinstance(m, BaseException))
+    except Exception:
+        # A hostile subclass may make these attributes raise; the chain just ends here.
+        pass
+    return children
+
+
+def group_members(exc: BaseException) -> tuple[object, ...] | None:
+    """The members of an exception group (built-in, or the ``exceptiongroup`` backport)."""
+    group_types: list[object] = [_BUILTIN_GROUP]
+    backport = sys.modules.get("exceptiongroup")
+    if backport is not None:
+        group_types.append(getattr(backport, "BaseExceptionGroup", None))
+    for group_type in group_types:
+        if isinstance(group_type, type) and isinstance(exc, group_type):
+            members = getattr(exc, "exceptions", None)
+            return members if isinstance(members, tuple) else ()
+    return None
+
+
+def _traceback_of(exc: BaseException) -> TracebackType | None:
+    try:
+        tb = exc.__traceback__
+    except Exception:
+        return None
+    return tb if isinstance(tb, TracebackType) else None
+
+
+def _is_own_module(module: object) -> bool:
+    return isinstance(module, str) and (
+        module == _OWN_PACKAGE or module.startswith(_OWN_PACKAGE + ".")
+    )
+
+
+def _cap(frames: list[FrameRef], max_frames: int) -> tuple[tuple[FrameRef, ...], int]:
+    if len(frames) <= max_frames:
+        return tuple(frames), 0
+    head = max_frames // 2
+    tail = max_frames - head
+    return tuple(frames[:head] + frames[-tail:]), len(frames) - max_frames

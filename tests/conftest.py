@@ -1,0 +1,62 @@
+"""Shared fixtures: a loopback capture server, a real posthog client pointed at it, and a
+default reporter using that client. Every ``$exception`` that reaches any capture server
+in the suite is checked against exception-event.md at teardown."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+# Internal errors re-raise (caller's thread) or are recorded (worker) under our own tests.
+os.environ["POSTHOG_ERRORS_STRICT"] = "1"
+
+import posthog
+import pytest
+
+from posthog_errors import _guard, _reporter
+from posthog_errors._stats import STATS
+from posthog_errors.capture_server import CaptureServer
+from tests.conformance import assert_event_conforms
+
+API_KEY = "phc_test_key"
+
+
+@pytest.fixture(autouse=True)
+def _clean_library_state() -> Iterator[None]:
+    STATS.reset()
+    previous = _reporter.set_default_reporter(None)
+    failures = _guard.strict_failures()
+    del failures[:]
+    yield
+    _reporter.set_default_reporter(previous)
+    assert not failures, f"internal errors were swallowed during the test: {failures!r}"
+
+
+@pytest.fixture
+def capture_server() -> Iterator[CaptureServer]:
+    with CaptureServer() as server:
+        yield server
+        for event in server.exception_events():
+            assert_event_conforms(event)
+
+
+def make_client(server: CaptureServer, **kwargs: Any) -> posthog.Posthog:
+    options: dict[str, Any] = {"flush_interval": 0.05, "max_retries": 0, "timeout": 5}
+    options.update(kwargs)
+    return posthog.Posthog(API_KEY, host=server.url, **options)
+
+
+@pytest.fixture
+def posthog_client(capture_server: CaptureServer) -> Iterator[posthog.Posthog]:
+    client = make_client(capture_server)
+    yield client
+    client.shutdown()
+
+
+@pytest.fixture
+def reporter(posthog_client: posthog.Posthog) -> _reporter.Reporter:
+    """The default reporter (what ``capture_exception`` uses), sending to the server."""
+    reporter = _reporter.Reporter(posthog_client)
+    _reporter.set_default_reporter(reporter)
+    return reporter
