@@ -121,6 +121,11 @@ class DeliveryWorker:
         except Exception as error:
             STATS.add("dropped")
             _guard.internal_error(error, reraise=False)
+        except BaseException:
+            # Signals reach only the main thread, so a KeyboardInterrupt or SystemExit here
+            # came from hostile user code (a ``__str__``, a ``before_send``). It ends this
+            # event, not the worker that every later event depends on.
+            STATS.add("dropped")
 
     def _flush_clients(self, deadline: float | None) -> bool:
         ok = True

@@ -42,8 +42,15 @@ _strict_failures: list[BaseException] = []
 
 
 def inside_library() -> bool:
-    """True while library code (or a thread the library owns) is running."""
-    return _inside.get() or threading.get_ident() in _library_threads
+    """True while library code, a thread the library owns, or a posthog client thread runs.
+
+    The posthog client's consumer threads log their own upload failures; a handler that
+    captured those would report every outage of PostHog to PostHog, in a loop.
+    """
+    if _inside.get() or threading.get_ident() in _library_threads:
+        return True
+    thread_module = type(threading.current_thread()).__module__
+    return thread_module == "posthog" or thread_module.startswith("posthog.")
 
 
 @contextmanager

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from typing import Any
+
+import posthog
+
 import posthog_errors
-from posthog_errors._reporter import Reporter
-from posthog_errors.capture_server import CaptureServer
+from posthog_errors._delivery import worker
+from posthog_errors._reporter import Reporter, set_default_reporter
+from posthog_errors.capture_server import CaptureServer, Fault
 
 
 def fail_deep(depth: int) -> None:
@@ -39,3 +49,227 @@ def test_captured_exception_arrives_with_frames_and_context(
     assert frames[-1]["filename"] == "tests/test_delivery.py"
     assert all(f["in_app"] is True for f in frames)
     assert posthog_errors.stats()["sent"] == 1
+
+
+def test_same_exception_is_sent_once(capture_server: CaptureServer, reporter: Reporter) -> None:
+    try:
+        fail_deep(0)
+    except ValueError as exc:
+        first = posthog_errors.capture_exception(exc)
+        second = posthog_errors.capture_exception(exc)
+    assert first is not None and second is None
+    assert posthog_errors.flush(5)
+    assert len(capture_server.wait_for_events(1)) == 1
+    counts = posthog_errors.stats()
+    assert (counts["captured"], counts["sent"], counts["deduplicated"]) == (2, 1, 1)
+
+
+def test_dedupe_honours_and_sets_posthog_pythons_mark(
+    capture_server: CaptureServer, reporter: Reporter, posthog_client: posthog.Posthog
+) -> None:
+    # Sent by posthog-python first: this library must skip it.
+    try:
+        fail_deep(0)
+    except ValueError as exc:
+        assert posthog_client.capture_exception(exc, distinct_id="u") is not None
+        assert posthog_errors.capture_exception(exc) is None
+    # Sent here first: posthog-python must skip it.
+    try:
+        fail_deep(1)
+    except ValueError as exc:
+        ours = posthog_errors.capture_exception(exc)
+        assert ours is not None
+        assert posthog_client.capture_exception(exc, distinct_id="u") is None
+        assert getattr(exc, "__posthog_exception_uuid") == ours
+    assert posthog_errors.flush(5)
+    events = capture_server.wait_for_events(2)
+    assert len(events) == 2
+    assert posthog_errors.stats()["deduplicated"] == 1
+
+
+def test_no_distinct_id_makes_a_personless_event(
+    capture_server: CaptureServer, reporter: Reporter
+) -> None:
+    try:
+        fail_deep(0)
+    except ValueError:
+        posthog_errors.capture_exception()
+    assert posthog_errors.flush(5)
+    [event] = capture_server.wait_for_events(1)
+    assert event["properties"]["$process_person_profile"] is False
+    assert uuid.UUID(event["distinct_id"]).version == 4
+
+
+def test_posthog_context_supplies_the_distinct_and_session_id(
+    capture_server: CaptureServer, reporter: Reporter
+) -> None:
+    with posthog.new_context():
+        posthog.identify_context("ctx-user")
+        posthog.set_context_session("ctx-session")
+        try:
+            fail_deep(0)
+        except ValueError as exc:
+            posthog_errors.capture_exception(exc)
+    assert posthog_errors.flush(5)
+    [event] = capture_server.wait_for_events(1)
+    assert event["distinct_id"] == "ctx-user"
+    assert event["properties"]["$session_id"] == "ctx-session"
+
+
+def test_properties_travel_and_cannot_overwrite_the_payload(
+    capture_server: CaptureServer, reporter: Reporter
+) -> None:
+    try:
+        fail_deep(0)
+    except ValueError as exc:
+        posthog_errors.capture_exception(
+            exc,
+            level="warning",
+            properties={"plan": "pro", "$exception_list": "oops"},
+            fingerprint="checkout-declined",
+        )
+    assert posthog_errors.flush(5)
+    [event] = capture_server.wait_for_events(1)
+    props = event["properties"]
+    assert props["plan"] == "pro"
+    assert props["$exception_level"] == "warning"
+    assert props["$exception_fingerprint"] == "checkout-declined"
+    assert props["$exception_list"][0]["type"] == "ValueError"
+
+
+def test_bad_runtime_input_gets_a_fallback_and_is_counted(
+    capture_server: CaptureServer, reporter: Reporter
+) -> None:
+    assert posthog_errors.capture_exception() is None  # nothing is being handled
+    assert posthog_errors.capture_exception("not an exception") is None  # type: ignore[arg-type]
+    try:
+        fail_deep(0)
+    except ValueError as exc:
+        assert posthog_errors.capture_exception(exc, level="catastrophic") is not None
+    assert posthog_errors.flush(5)
+    [event] = capture_server.wait_for_events(1)
+    assert event["properties"]["$exception_level"] == "error"
+    assert posthog_errors.stats()["invalid_input"] == 3
+
+
+def test_before_send_can_change_or_drop_and_ignore_skips_types(
+    capture_server: CaptureServer, posthog_client: posthog.Posthog
+) -> None:
+    def before_send(props: dict[str, Any]) -> dict[str, Any] | None:
+        if props["$exception_list"][0]["value"] == "drop me":
+            return None
+        props["reviewed"] = True
+        return props
+
+    set_default_reporter(Reporter(posthog_client, before_send=before_send, ignore=[KeyError]))
+    for exc in (ValueError("drop me"), ValueError("keep me"), KeyError("ignored")):
+        posthog_errors.capture_exception(exc)
+    assert posthog_errors.flush(5)
+    [event] = capture_server.wait_for_events(1)
+    assert event["properties"]["$exception_list"][0]["value"] == "keep me"
+    assert event["properties"]["reviewed"] is True
+    counts = posthog_errors.stats()
+    assert (counts["captured"], counts["sent"], counts["filtered"]) == (3, 1, 2)
+
+
+def test_queue_is_bounded_and_drops_are_counted(
+    capture_server: CaptureServer, posthog_client: posthog.Posthog
+) -> None:
+    release = threading.Event()
+    entered = threading.Event()
+
+    def slow_before_send(props: dict[str, Any]) -> dict[str, Any]:
+        entered.set()
+        release.wait(10)
+        return props
+
+    set_default_reporter(Reporter(posthog_client, before_send=slow_before_send))
+    queue = worker()
+    old_size, queue.max_queue = queue.max_queue, 20
+    try:
+        posthog_errors.capture_exception(ValueError("first"))
+        assert entered.wait(5)  # the worker is now busy with the first event
+        results = [posthog_errors.capture_exception(ValueError(f"e{i}")) for i in range(50)]
+    finally:
+        queue.max_queue = old_size
+        release.set()
+    assert results.count(None) == 30
+    assert posthog_errors.flush(10)
+    assert len(capture_server.wait_for_events(21)) == 21
+    counts = posthog_errors.stats()
+    assert (counts["captured"], counts["sent"], counts["dropped"]) == (51, 21, 30)
+
+
+def test_nothing_the_library_does_while_delivering_is_captured_again(
+    capture_server: CaptureServer, posthog_client: posthog.Posthog
+) -> None:
+    def capturing_before_send(props: dict[str, Any]) -> dict[str, Any]:
+        # A user callback that reports failures from inside the worker: must be ignored.
+        assert posthog_errors.capture_exception(RuntimeError("from the worker")) is None
+        return props
+
+    set_default_reporter(Reporter(posthog_client, before_send=capturing_before_send))
+    posthog_errors.capture_exception(ValueError("original"))
+    assert posthog_errors.flush(5)
+    events = capture_server.wait_for_events(1)
+    assert [e["properties"]["$exception_list"][0]["value"] for e in events] == ["original"]
+    assert posthog_errors.stats()["captured"] == 1
+
+
+def test_keyboard_interrupt_in_user_callback_passes_through(
+    capture_server: CaptureServer, posthog_client: posthog.Posthog
+) -> None:
+    class Hostile(Exception):
+        def __str__(self) -> str:
+            raise KeyboardInterrupt
+
+    set_default_reporter(Reporter(posthog_client))
+    # A KeyboardInterrupt from user code reached while capturing is not swallowed by the
+    # guard. str() runs on the worker, where the interrupt ends that event only.
+    exc = Hostile()
+    assert posthog_errors.capture_exception(exc) is not None
+    client_source_error = None
+    try:
+        Reporter(client=lambda: (_ for _ in ()).throw(KeyboardInterrupt())).capture(ValueError())
+    except KeyboardInterrupt as error:
+        client_source_error = error
+    assert isinstance(client_source_error, KeyboardInterrupt)
+
+
+SUBPROCESS_HANG = """
+import sys, time
+import posthog, posthog_errors
+from posthog_errors import _reporter
+from posthog_errors._delivery import worker
+client = posthog.Posthog("phc_test", host=sys.argv[1], timeout=60, max_retries=0,
+                         flush_interval=0.01)
+_reporter.set_default_reporter(_reporter.Reporter(client))
+worker().shutdown_timeout = 1.0
+started = time.monotonic()
+try:
+    1 / 0
+except ZeroDivisionError as exc:
+    event_uuid = posthog_errors.capture_exception(exc)
+print("capture returned after", time.monotonic() - started, "uuid", event_uuid, flush=True)
+"""
+
+
+def test_a_server_that_never_answers_blocks_neither_capture_nor_exit() -> None:
+    with CaptureServer(fault=Fault(hang=True)) as server:
+        started = time.monotonic()
+        result = subprocess.run(
+            [sys.executable, "-c", SUBPROCESS_HANG, server.url],
+            capture_output=True,
+            text=True,
+            timeout=50,
+        )
+        elapsed = time.monotonic() - started
+        requests = server.requests
+    assert result.returncode == 0, result.stderr
+    returned_after = float(result.stdout.split()[3])
+    # The client would wait 60 s for an answer. Capture must not wait at all, and exit
+    # must take the 1 s exit flush plus posthog's own 1 s, not the request's 60 s.
+    assert returned_after < 1.0
+    assert elapsed < 20
+    assert "uuid None" not in result.stdout
+    assert requests and requests[0].status == 0  # the event really was on its way
