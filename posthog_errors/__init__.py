@@ -8,7 +8,9 @@ imports neither sentry-sdk nor structlog. See ``install()``, ``PostHogHandler``,
 from __future__ import annotations
 
 from posthog_errors._capture import capture_exception, flush, stats
+from posthog_errors._install import Installation, install
 from posthog_errors._payload import exception_properties
+from posthog_errors.handler import PostHogHandler
 
 __version__ = "0.1.0"
 
@@ -17,9 +19,22 @@ POSTHOG_ID_TAG = "posthog_distinct_id"
 
 __all__ = [
     "POSTHOG_ID_TAG",
+    "Installation",
+    "PostHogHandler",
     "__version__",
     "capture_exception",
     "exception_properties",
     "flush",
+    "install",
     "stats",
+    "uninstall",
 ]
+
+
+def uninstall() -> None:
+    """Undo ``install()`` (a no-op when nothing is installed)."""
+    from posthog_errors._install import active_installation
+
+    installation = active_installation()
+    if installation is not None:
+        installation.uninstall()

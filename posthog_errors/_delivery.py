@@ -179,9 +179,10 @@ def worker() -> DeliveryWorker:
 
 
 def _after_fork_in_child() -> None:
-    from posthog_errors import _dedupe
+    from posthog_errors import _dedupe, _rate_limit
 
     STATS._after_fork_in_child()
+    _rate_limit._after_fork_in_child()
     _guard._after_fork_in_child()
     _dedupe._after_fork_in_child()
     _WORKER._after_fork_in_child()

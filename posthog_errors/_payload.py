@@ -15,9 +15,16 @@ from posthog_errors._frames import FrameBuilder, safe_text
 from posthog_errors._options import PayloadOptions
 from posthog_errors._snapshot import EventSnapshot, ExceptionSnapshot, walk_exceptions
 
-__all__ = ["LEVELS", "build_properties", "exception_properties"]
+__all__ = ["LEVELS", "MESSAGE_TYPE", "build_properties", "exception_properties", "json_safe"]
 
 LEVELS = ("fatal", "error", "warning", "log", "info", "debug")
+# The type of the synthetic entry of a message-only event (a log record with no exception).
+MESSAGE_TYPE = "LogMessage"
+
+# Bounds for user properties (record extras, bound properties): JSON-safe and small.
+_MAX_PROPERTIES = 100
+_MAX_PROPERTY_DEPTH = 4
+_MAX_PROPERTY_TEXT = 1024
 
 # Keys the payload owns; user properties cannot overwrite them. ``$exception_fingerprint``
 # is deliberately absent: setting a custom fingerprint is a documented use.
@@ -89,7 +96,7 @@ def build_properties(snapshot: EventSnapshot, builder: FrameBuilder) -> dict[str
     if sum(sizes) > options.max_event_bytes:
         _shrink(entries, options.max_event_bytes)
 
-    properties: dict[str, Any] = dict(snapshot.properties) if snapshot.properties else {}
+    properties: dict[str, Any] = json_safe(snapshot.properties) if snapshot.properties else {}
     for key in _RESERVED.intersection(properties):
         del properties[key]
     properties["$exception_list"] = entries
@@ -215,3 +222,38 @@ def _fingerprint_text(value: object) -> str:
     if isinstance(value, (list, tuple)):
         return safe_text("/".join(str(part) for part in value), 512)
     return safe_text(str(value), 512)
+
+
+def json_safe(value: Any, depth: int = 0) -> Any:
+    """A bounded, JSON-safe copy of user data: what cannot be encoded becomes its repr.
+
+    Runs on the worker, so a slow or hostile ``__repr__`` costs the app nothing, and its
+    result is cut to a bounded length.
+    """
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else None
+    if isinstance(value, str):
+        return safe_text(value, _MAX_PROPERTY_TEXT)
+    if depth >= _MAX_PROPERTY_DEPTH:
+        return _bounded_repr(value)
+    if isinstance(value, dict):
+        result: dict[str, Any] = {}
+        for key, item in list(value.items())[:_MAX_PROPERTIES]:
+            name = key if isinstance(key, str) else _bounded_repr(key)
+            result[safe_text(name, 200)] = json_safe(item, depth + 1)
+        return result
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [json_safe(item, depth + 1) for item in list(value)[:_MAX_PROPERTIES]]
+    return _bounded_repr(value)
+
+
+def _bounded_repr(value: Any) -> str:
+    try:
+        text = repr(value)
+        if not isinstance(text, str):
+            raise TypeError
+    except Exception:
+        text = f"<unrepresentable {type(value).__name__}>"
+    return safe_text(text, _MAX_PROPERTY_TEXT)

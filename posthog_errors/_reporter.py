@@ -16,17 +16,23 @@ import uuid as uuid_module
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from posthog_errors import _dedupe, _guard
+from posthog_errors import _dedupe, _guard, _rate_limit
 from posthog_errors._client import ClientSource
 from posthog_errors._context import resolve_distinct_id, resolve_session_id
 from posthog_errors._delivery import worker
 from posthog_errors._frames import FrameBuilder
 from posthog_errors._options import PayloadOptions
-from posthog_errors._payload import LEVELS, build_properties
-from posthog_errors._snapshot import EventSnapshot, walk_exceptions
+from posthog_errors._payload import LEVELS, MESSAGE_TYPE, build_properties
+from posthog_errors._snapshot import EventSnapshot, ExceptionSnapshot, FrameRef, walk_exceptions
 from posthog_errors._stats import STATS
 
-__all__ = ["BeforeSend", "Reporter", "default_reporter", "set_default_reporter"]
+__all__ = [
+    "BeforeSend",
+    "Reporter",
+    "default_reporter",
+    "default_reporter_if_set",
+    "set_default_reporter",
+]
 
 logger = logging.getLogger("posthog_errors")
 
@@ -118,24 +124,101 @@ class Reporter:
         if self.ignore and isinstance(exc, self.ignore):
             STATS.add("filtered")
             return None
-        if level not in LEVELS:
-            STATS.add("invalid_input")
-            level = "error"
         event_uuid = str(uuid_module.uuid4())
         if not _dedupe.claim(exc, event_uuid):
             STATS.add("deduplicated")
             return None
+        if not _rate_limit.allow(fingerprint or _failure_site(exc)):
+            STATS.add("rate_limited")
+            return None
+        options = self.options
+        exceptions = walk_exceptions(
+            exc, max_exceptions=options.max_exceptions, max_frames=options.max_frames
+        )
+        return self._submit(
+            event_uuid,
+            exceptions,
+            level,
+            handled,
+            mechanism,
+            source,
+            distinct_id,
+            session_id,
+            properties,
+            fingerprint,
+        )
+
+    def capture_message(
+        self,
+        message: str,
+        *,
+        fingerprint: str,
+        frames: tuple[FrameRef, ...],
+        frames_omitted: int = 0,
+        level: str = "error",
+        mechanism: str = "logging",
+        source: str = "python.logging",
+        distinct_id: Any = None,
+        session_id: Any = None,
+        properties: dict[str, Any] | None = None,
+    ) -> str | None:
+        """Queue a message-only event: one synthetic entry with the call site's stack."""
+        if _guard.inside_library():
+            return None
+        try:
+            STATS.add("captured")
+            if not _rate_limit.allow(fingerprint):
+                STATS.add("rate_limited")
+                return None
+            entry = ExceptionSnapshot(
+                exception=None,
+                frames=frames,
+                frames_omitted=frames_omitted,
+                stack_is_synthetic=True,
+                synthetic_type=MESSAGE_TYPE,
+                synthetic_value=message,
+            )
+            return self._submit(
+                str(uuid_module.uuid4()),
+                [entry],
+                level,
+                True,
+                mechanism,
+                source,
+                distinct_id,
+                session_id,
+                properties,
+                fingerprint,
+            )
+        except Exception as error:
+            STATS.add("dropped")
+            _guard.internal_error(error)
+            return None
+
+    def _submit(
+        self,
+        event_uuid: str,
+        exceptions: list[ExceptionSnapshot],
+        level: str,
+        handled: bool,
+        mechanism: str,
+        source: str,
+        distinct_id: Any,
+        session_id: Any,
+        properties: dict[str, Any] | None,
+        fingerprint: str | None,
+    ) -> str | None:
+        if level not in LEVELS:
+            STATS.add("invalid_input")
+            level = "error"
         client = self.client_source.resolve()
         if client is None:
             STATS.add("dropped")
             return None
-        options = self.options
         snapshot = EventSnapshot(
             uuid=event_uuid,
             timestamp=time.time(),
-            exceptions=walk_exceptions(
-                exc, max_exceptions=options.max_exceptions, max_frames=options.max_frames
-            ),
+            exceptions=exceptions,
             level=level,
             handled=handled,
             mechanism=mechanism,
@@ -197,6 +280,16 @@ class Reporter:
         return properties
 
 
+def _failure_site(exc: BaseException) -> tuple[object, ...]:
+    """What rate limiting groups by when no fingerprint is given: type and raising line."""
+    tb = exc.__traceback__
+    if tb is None:
+        return (type(exc),)
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return (type(exc), tb.tb_frame.f_code, tb.tb_lineno)
+
+
 def _exception_types(value: Iterable[type[BaseException]]) -> tuple[type[BaseException], ...]:
     items: list[object] = [value] if isinstance(value, type) else list(value)
     result: list[type[BaseException]] = []
@@ -218,6 +311,10 @@ def default_reporter() -> Reporter:
         with _default_lock:
             if _default is None:
                 _default = Reporter()
+    return _default
+
+
+def default_reporter_if_set() -> Reporter | None:
     return _default
 
 

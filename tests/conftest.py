@@ -14,7 +14,7 @@ os.environ["POSTHOG_ERRORS_STRICT"] = "1"
 import posthog
 import pytest
 
-from posthog_errors import _guard, _reporter
+from posthog_errors import _guard, _rate_limit, _reporter
 from posthog_errors._stats import STATS
 from posthog_errors.capture_server import CaptureServer
 from tests.conformance import assert_event_conforms
@@ -25,6 +25,7 @@ API_KEY = "phc_test_key"
 @pytest.fixture(autouse=True)
 def _clean_library_state() -> Iterator[None]:
     STATS.reset()
+    _rate_limit.configure((_rate_limit.DEFAULT_BURST, _rate_limit.DEFAULT_PER_SECOND))
     previous = _reporter.set_default_reporter(None)
     failures = _guard.strict_failures()
     del failures[:]

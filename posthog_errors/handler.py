@@ -1,0 +1,241 @@
+"""``PostHogHandler``: a real :class:`logging.Handler` with a level allow list.
+
+A real handler, not a patch of ``Logger.callHandlers`` (as sentry-sdk's logging integration
+does): with its level set to the lowest allowed level, a record it does not want costs what
+it costs through ``logging.NullHandler``. Every argument can come as a plain string or list
+from ``logging.config.dictConfig`` and from ``fileConfig`` INI ``args``/``kwargs``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+from posthog_errors import _guard
+from posthog_errors._event_dict import read_event_dict
+from posthog_errors._levels import LevelAllowList, posthog_level
+from posthog_errors._reporter import BeforeSend, Reporter
+from posthog_errors._snapshot import frames_from_stack
+from posthog_errors._stats import STATS
+
+__all__ = ["DEFAULT_IGNORED_LOGGERS", "PostHogHandler"]
+
+# The posthog client, its HTTP stack and this library: their records are never captured,
+# or a PostHog outage would be reported to PostHog, in a loop.
+DEFAULT_IGNORED_LOGGERS = ("posthog", "backoff", "urllib3*", "requests", "posthog_errors")
+
+# Attributes every LogRecord has; anything else on a record came from ``extra=``.
+_RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+
+
+class PostHogHandler(logging.Handler):
+    """Sends log records to PostHog as ``$exception`` events.
+
+    Records with an exception become events of that exception; records without one become
+    message-only events (one synthetic entry, the call site's stack, a fingerprint from the
+    logger name and the unformatted template) unless ``capture_messages`` is false.
+    ``levels`` is an allow list, not a threshold (see :mod:`posthog_errors._levels`).
+    """
+
+    def __init__(
+        self,
+        level: int | str = logging.NOTSET,
+        *,
+        client: Any = None,
+        api_key: str | None = None,
+        host: str | None = None,
+        levels: str | int | Iterable[str | int] = ("error", "fatal"),
+        capture_messages: bool | str = True,
+        ignore_loggers: str | Iterable[str] = (),
+        before_send: BeforeSend | str | None = None,
+        ignore: Iterable[type[BaseException] | str] | str = (),
+        in_app_include: Iterable[str] = (),
+        in_app_exclude: Iterable[str] = (),
+        project_root: str | None = None,
+        reporter: Reporter | None = None,
+    ) -> None:
+        self.levels = LevelAllowList(levels)
+        super().__init__(level)
+        self.level = max(self.level, self.levels.lowest)
+        self.capture_messages = _boolean("capture_messages", capture_messages)
+        ignored = [ignore_loggers] if isinstance(ignore_loggers, str) else list(ignore_loggers)
+        self.ignore_loggers = DEFAULT_IGNORED_LOGGERS + tuple(_logger_patterns(ignored))
+        self._ignored_cache: dict[str, bool] = {}
+        if reporter is None:
+            reporter = Reporter(
+                _imported(client, "client"),
+                api_key=api_key,
+                host=host,
+                before_send=_imported(before_send, "before_send"),
+                ignore=_exception_types(ignore),
+                in_app_include=in_app_include,
+                in_app_exclude=in_app_exclude,
+                project_root=project_root,
+            )
+        self.reporter = reporter
+
+    def setLevel(self, level: int | str) -> None:
+        """Never below the lowest allowed level, so unwanted records cost nothing."""
+        super().setLevel(level)
+        self.level = max(self.level, self.levels.lowest)
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        # No handler lock: emit() shares no state between calls.
+        if not self.levels.allows(record.levelno) or _guard.inside_library():
+            return False
+        if self._is_ignored(record.name) or not self.filter(record):
+            return False
+        self.emit(record)
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._emit(record)
+        except Exception as error:
+            _guard.internal_error(error)
+
+    def _emit(self, record: logging.LogRecord) -> None:
+        extras = {k: v for k, v in vars(record).items() if k not in _RECORD_ATTRIBUTES}
+        if isinstance(record.msg, dict):
+            view = read_event_dict(record.msg)
+            extras.update(view.properties)
+            exc = view.exception
+            message, template = view.message or "", view.template or ""
+            distinct_id, session_id = view.distinct_id, view.session_id
+        else:
+            exc = record.exc_info[1] if record.exc_info else None
+            message, template = _message(record), _template(record)
+            distinct_id, session_id = None, None
+        distinct_id = extras.pop("distinct_id", distinct_id)
+        session_id = extras.pop("session_id", session_id)
+        properties = {"logger": record.name, **extras}
+        level = posthog_level(record.levelno)
+        if exc is not None:
+            if message:
+                properties.setdefault("log_message", message)
+            self.reporter.capture(
+                exc,
+                level=level,
+                handled=True,
+                mechanism="logging",
+                source="python.logging",
+                distinct_id=distinct_id,
+                session_id=session_id,
+                properties=properties,
+            )
+        elif self.capture_messages:
+            frames, omitted = frames_from_stack(
+                sys._getframe(1), self.reporter.options.max_frames, _is_logging_module
+            )
+            self.reporter.capture_message(
+                message,
+                fingerprint=_fingerprint(record.name, template),
+                frames=frames,
+                frames_omitted=omitted,
+                level=level,
+                distinct_id=distinct_id,
+                session_id=session_id,
+                properties=properties,
+            )
+
+    def _is_ignored(self, name: str) -> bool:
+        ignored = self._ignored_cache.get(name)
+        if ignored is None:
+            ignored = any(_logger_matches(name, p) for p in self.ignore_loggers)
+            if len(self._ignored_cache) < 4096:
+                self._ignored_cache[name] = ignored
+        return ignored
+
+    def flush(self) -> None:
+        """Does not wait for delivery (``logging.shutdown`` calls this at exit, and the
+        library's own exit flush already sends what is queued, bounded)."""
+
+
+def _message(record: logging.LogRecord) -> str:
+    try:
+        return record.getMessage()
+    except Exception:
+        # ``logger.error("x %s %s", 1)``: the record is still worth reporting.
+        STATS.add("invalid_input")
+        return f"{record.msg!s} (bad logging arguments: {record.args!r})"
+
+
+def _template(record: logging.LogRecord) -> str:
+    return record.msg if isinstance(record.msg, str) else str(record.msg)
+
+
+def _fingerprint(logger_name: str, template: str) -> str:
+    """One issue per (logger, unformatted template), whatever the arguments."""
+    if len(template) <= 200:
+        return f"{logger_name}:{template}"
+    digest = hashlib.sha256(template.encode("utf-8", "replace")).hexdigest()[:16]
+    return f"{logger_name}:{template[:100]}...{digest}"
+
+
+def _is_logging_module(module: str | None) -> bool:
+    return module is not None and (
+        module == "logging"
+        or module.startswith("logging.")
+        or module == "structlog"
+        or module.startswith("structlog.")
+    )
+
+
+def _logger_matches(name: str, pattern: str) -> bool:
+    if pattern.endswith("*"):
+        return name.startswith(pattern[:-1])
+    return name == pattern or name.startswith(pattern + ".")
+
+
+def _logger_patterns(patterns: list[Any]) -> list[str]:
+    for pattern in patterns:
+        if not isinstance(pattern, str) or not pattern:
+            raise ValueError(
+                f"ignore_loggers takes logger names ('myapp.noisy', or 'prefix*'), got {pattern!r}"
+            )
+    return patterns
+
+
+def _boolean(name: str, value: bool | str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} takes a bool (or 'true'/'false' in config files), got {value!r}")
+
+
+def _imported(value: Any, name: str) -> Any:
+    """A dotted path (``"myapp.analytics.client"``) from a config file, imported now."""
+    if not isinstance(value, str):
+        return value
+    module_name, _, attribute = value.replace(":", ".").rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ValueError(
+            f"{name}={value!r} is not an importable object ('package.module.attribute'): {error}"
+        ) from error
+
+
+def _exception_types(
+    value: Iterable[type[BaseException] | str] | str,
+) -> list[type[BaseException]]:
+    items = [value] if isinstance(value, str) else list(value)
+    types: list[type[BaseException]] = []
+    for item in items:
+        if isinstance(item, str):
+            item = _imported(item if "." in item else f"builtins.{item}", "ignore")
+        if not (isinstance(item, type) and issubclass(item, BaseException)):
+            raise ValueError(f"ignore takes exception classes or their dotted names, got {item!r}")
+        types.append(item)
+    return types
