@@ -46,8 +46,11 @@ def safe_text(value: str, limit: int) -> str:
     """``value`` cut to ``limit`` characters and made encodable as UTF-8.
 
     Lone surrogates (from ``surrogateescape`` file names, hostile messages) would make the
-    JSON unreadable to PostHog's ingestion, so they are replaced.
+    JSON unreadable to PostHog's ingestion, so they are replaced. A ``str`` subclass (from a
+    hostile ``__str__``) is turned into a plain ``str`` first, so none of its methods run.
     """
+    if type(value) is not str:
+        value = str.__str__(value)
     if len(value) > limit:
         value = value[: limit - 3] + "..."
     try:

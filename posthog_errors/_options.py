@@ -10,7 +10,7 @@ import dataclasses
 import os
 from collections.abc import Iterable
 
-__all__ = ["PayloadOptions"]
+__all__ = ["PayloadOptions", "as_names"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +54,15 @@ class PayloadOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def as_names(value: Iterable[str] | str | None) -> tuple[str, ...]:
+    """``"myapp"`` and ``["myapp"]`` alike (``tuple("myapp")`` would be five letters)."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    return tuple(value)
 
 
 def _modules(name: str, value: Iterable[str] | str | None) -> tuple[str, ...]:

@@ -8,11 +8,12 @@ frozen modules and cyclic chains all produce a valid payload, per exception-even
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Iterable
 from typing import Any
 
 from posthog_errors._frames import FrameBuilder, safe_text
-from posthog_errors._options import PayloadOptions
+from posthog_errors._options import PayloadOptions, as_names
 from posthog_errors._snapshot import EventSnapshot, ExceptionSnapshot, walk_exceptions
 
 __all__ = ["LEVELS", "MESSAGE_TYPE", "build_properties", "exception_properties", "json_safe"]
@@ -51,7 +52,7 @@ def exception_properties(
     PostHog will receive. Bad options raise ``ValueError``/``TypeError``; a bad exception
     never makes it raise.
     """
-    options = _options(tuple(in_app_include), tuple(in_app_exclude), project_root, max_frames)
+    options = _options(as_names(in_app_include), as_names(in_app_exclude), project_root, max_frames)
     if not isinstance(exc, BaseException):
         raise TypeError(f"exception_properties() takes an exception, got {type(exc).__name__}")
     if level not in LEVELS:
@@ -93,7 +94,9 @@ def build_properties(snapshot: EventSnapshot, builder: FrameBuilder) -> dict[str
         payload, size = _exception_entry(entry, snapshot, builder)
         entries.append(payload)
         sizes.append(size)
-    if sum(sizes) > options.max_event_bytes:
+    # The estimate counts characters; JSON can take up to 6 bytes for one (\uXXXX), so
+    # only an estimate over a sixth of the budget is worth measuring for real.
+    if sum(sizes) * 6 > options.max_event_bytes:
         _shrink(entries, options.max_event_bytes)
 
     properties: dict[str, Any] = json_safe(snapshot.properties) if snapshot.properties else {}
@@ -122,7 +125,7 @@ def _exception_entry(
         type_name, module, value = _type_name(exc), _type_module(exc), _message(exc)
     result: dict[str, Any] = {
         "type": safe_text(type_name, 512),
-        "value": safe_text(value or "", limit),
+        "value": safe_text(value if value is not None else "", limit),
         "module": safe_text(module, 512) if module else None,
         "mechanism": _mechanism(entry, snapshot),
     }
@@ -130,8 +133,16 @@ def _exception_entry(
     if entry.frames:
         frames = []
         for code, lineno, frame_module in entry.frames:
-            frame, frame_size = builder.frame(code, lineno, frame_module)
-            frames.append(frame)
+            cached, frame_size = builder.frame(code, lineno, frame_module)
+            # A copy: the cached dict is shared by every event from this line, and a
+            # before_send that scrubs frames must not change the next event.
+            frames.append(
+                {
+                    **cached,
+                    "pre_context": list(cached["pre_context"]),
+                    "post_context": list(cached["post_context"]),
+                }
+            )
             size += frame_size
         result["stacktrace"] = {"type": "raw", "frames": frames}
     return result, size
@@ -160,46 +171,64 @@ def _mechanism(entry: ExceptionSnapshot, snapshot: EventSnapshot) -> dict[str, A
 
 
 def _shrink(entries: list[dict[str, Any]], budget: int) -> None:
-    """Fit an oversized event: first drop context lines, then middle frames.
+    """Fit an oversized event, measuring the real JSON after each step.
 
     An event over the client's 900 KiB limit is dropped silently after its uuid was
-    returned, so it is cheaper to send less than to send nothing.
+    returned, so sending less beats sending nothing. Steps, least valuable first: context
+    lines around each frame, middle frames, each frame's own line, long values, then the
+    stack traces of the innermost (last) entries.
     """
-    for entry in entries:
-        stack = entry.get("stacktrace")
-        if stack:
-            stack["frames"] = [
-                {**f, "pre_context": [], "post_context": []} for f in stack["frames"]
-            ]
-    if _size(entries) <= budget:
+
+    def frames_of(entry: dict[str, Any]) -> list[dict[str, Any]]:
+        frames: list[dict[str, Any]] = entry.get("stacktrace", {}).get("frames", [])
+        return frames
+
+    def fits() -> bool:
+        return len(json.dumps(entries).encode()) <= budget
+
+    if fits():
         return
     for entry in entries:
-        stack = entry.get("stacktrace")
-        if stack and len(stack["frames"]) > 20:
-            stack["frames"] = stack["frames"][:10] + stack["frames"][-10:]
-        entry["value"] = entry["value"][:1024]
-
-
-def _size(entries: list[dict[str, Any]]) -> int:
-    total = 0
+        for frame in frames_of(entry):
+            frame["pre_context"], frame["post_context"] = [], []
+    if fits():
+        return
     for entry in entries:
-        total += 200 + len(entry["value"])
-        for frame in entry.get("stacktrace", {}).get("frames", ()):
-            total += 160 + len(frame["abs_path"] or "") + len(frame["context_line"] or "")
-    return total
+        frames = frames_of(entry)
+        if len(frames) > 20:
+            entry["stacktrace"]["frames"] = frames[:10] + frames[-10:]
+    if fits():
+        return
+    for entry in entries:
+        for frame in frames_of(entry):
+            frame["context_line"] = None
+        entry["value"] = entry["value"][:1024]
+    for entry in reversed(entries[1:]):
+        if fits():
+            return
+        entry.pop("stacktrace", None)
+    if not fits():
+        entries[0].pop("stacktrace", None)
 
 
 def _type_name(exc: BaseException) -> str:
-    cls = type(exc)
-    name = getattr(cls, "__qualname__", None) or getattr(cls, "__name__", None)
-    return name if isinstance(name, str) else "<unknown>"
+    try:
+        cls = type(exc)
+        name = getattr(cls, "__qualname__", None) or getattr(cls, "__name__", None)
+        return str.__str__(name) if isinstance(name, str) else "<unknown>"
+    except Exception:
+        return "<unknown>"
 
 
 def _type_module(exc: BaseException) -> str | None:
-    module = getattr(type(exc), "__module__", None)
-    if not isinstance(module, str) or module in ("builtins", "__builtins__"):
+    try:
+        module = getattr(type(exc), "__module__", None)
+        if not isinstance(module, str):
+            return None
+        module = str.__str__(module)
+    except Exception:
         return None
-    return module
+    return None if module in ("builtins", "__builtins__") else module
 
 
 def _message(exc: BaseException) -> str:
@@ -207,7 +236,7 @@ def _message(exc: BaseException) -> str:
     try:
         text = str(exc)
         if isinstance(text, str):
-            return text
+            return str.__str__(text)  # a plain str: a subclass's methods never run
     except Exception:
         pass
     try:

@@ -21,7 +21,7 @@ from posthog_errors._client import ClientSource
 from posthog_errors._context import resolve_distinct_id, resolve_session_id
 from posthog_errors._delivery import worker
 from posthog_errors._frames import FrameBuilder
-from posthog_errors._options import PayloadOptions
+from posthog_errors._options import PayloadOptions, as_names
 from posthog_errors._payload import LEVELS, MESSAGE_TYPE, build_properties
 from posthog_errors._snapshot import EventSnapshot, ExceptionSnapshot, FrameRef, walk_exceptions
 from posthog_errors._stats import STATS
@@ -62,8 +62,8 @@ class Reporter:
     ) -> None:
         self.client_source = ClientSource(client, api_key=api_key, host=host)
         self.options = PayloadOptions(
-            in_app_include=tuple(in_app_include),
-            in_app_exclude=tuple(in_app_exclude),
+            in_app_include=as_names(in_app_include),
+            in_app_exclude=as_names(in_app_exclude),
             project_root=project_root,
             max_frames=max_frames,
         )

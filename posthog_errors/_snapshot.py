@@ -166,8 +166,12 @@ def group_members(exc: BaseException) -> tuple[object, ...] | None:
     if backport is not None:
         group_types.append(getattr(backport, "BaseExceptionGroup", None))
     for group_type in group_types:
-        if isinstance(group_type, type) and isinstance(exc, group_type):
-            members = getattr(exc, "exceptions", None)
+        # type(), not isinstance(): a hostile __class__/__getattribute__ must not matter.
+        if isinstance(group_type, type) and issubclass(type(exc), group_type):
+            try:
+                members = exc.exceptions  # type: ignore[attr-defined]
+            except Exception:
+                return ()
             return members if isinstance(members, tuple) else ()
     return None
 
