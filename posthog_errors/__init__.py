@@ -8,6 +8,15 @@ imports neither sentry-sdk nor structlog. See ``install()``, ``PostHogHandler``,
 from __future__ import annotations
 
 from posthog_errors._capture import capture_exception, flush, stats
+from posthog_errors._context import (
+    bind,
+    carry_context,
+    get_distinct_id,
+    get_session_id,
+    reset,
+    set_distinct_id,
+    set_session_id,
+)
 from posthog_errors._install import Installation, install
 from posthog_errors._payload import exception_properties
 from posthog_errors.handler import PostHogHandler
@@ -22,10 +31,17 @@ __all__ = [
     "Installation",
     "PostHogHandler",
     "__version__",
+    "bind",
     "capture_exception",
+    "carry_context",
     "exception_properties",
     "flush",
+    "get_distinct_id",
+    "get_session_id",
     "install",
+    "reset",
+    "set_distinct_id",
+    "set_session_id",
     "stats",
     "uninstall",
 ]

@@ -1,39 +1,265 @@
-"""Who hit the failure: the distinct ID and session ID, read on the caller's thread.
+"""Who hit the failure: the distinct ID, session ID and bound properties.
 
-Resolution order for each: the value passed for this event, then posthog-python's own
-context (``posthog.identify_context`` / ``set_context_session`` inside ``new_context``).
-posthog-python's context is read only when it is already imported, so this costs a dict
-lookup when it is not.
+Values live in context variables, so they are per thread and per asyncio task. Resolution,
+on the caller's thread, for each event:
+
+1. the value passed for this event (``distinct_id=``, ``extra={"distinct_id": ...}``);
+2. the binding the exception remembers from the ``bind()`` block it escaped (innermost wins);
+3. the current ``bind()`` / ``set_distinct_id()``;
+4. posthog-python's own context (``posthog.identify_context`` inside ``posthog.new_context``);
+5. structlog's context variables (key ``distinct_id``);
+6. the Sentry scope tag ``posthog_distinct_id``;
+7. none: the event is personless.
+
+Steps 4 to 6 are consulted only when their library is already imported, so each costs a
+``sys.modules`` lookup when it is not.
 """
 
 from __future__ import annotations
 
+import contextvars
+import dataclasses
+import functools
+import inspect
 import sys
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, ParamSpec, TypeVar
 
-__all__ = ["resolve_distinct_id", "resolve_session_id"]
+__all__ = [
+    "Binding",
+    "bind",
+    "carry_context",
+    "get_distinct_id",
+    "get_session_id",
+    "remember_binding",
+    "reset",
+    "resolve",
+    "set_distinct_id",
+    "set_session_id",
+]
+
+SENTRY_ID_TAG = "posthog_distinct_id"
+_REMEMBERED_ATTR = "__posthog_errors_binding"
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
-def resolve_distinct_id(explicit: Any = None) -> str | None:
-    if explicit is not None:
-        return _as_id(explicit)
+@dataclasses.dataclass(frozen=True)
+class Binding:
+    """What ``bind()`` set: immutable, so an exception can keep it after the block ends."""
+
+    distinct_id: str | None = None
+    session_id: str | None = None
+    properties: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+_EMPTY = Binding()
+_binding: contextvars.ContextVar[Binding] = contextvars.ContextVar(
+    "posthog_errors_binding", default=_EMPTY
+)
+
+
+class bind:
+    """Bind a distinct ID, session ID and properties for the code inside.
+
+    A context manager and a decorator (sync and async functions). Bindings nest: inner
+    values override outer ones, properties merge, and leaving the block restores the outer
+    values. An exception that escapes the block remembers the binding, so whatever captures
+    it later, outside the block, still attributes it to that person.
+    """
+
+    def __init__(
+        self,
+        distinct_id: Any = None,
+        *,
+        session_id: Any = None,
+        properties: Mapping[str, Any] | None = None,
+    ) -> None:
+        if properties is not None and not isinstance(properties, Mapping):
+            raise TypeError(f"properties must be a mapping, got {properties!r}")
+        self._distinct_id = _as_id(distinct_id)
+        self._session_id = _as_id(session_id)
+        self._properties = dict(properties) if properties else {}
+        self._tokens: list[contextvars.Token[Binding]] = []
+
+    def __enter__(self) -> Binding:
+        outer = _binding.get()
+        binding = Binding(
+            distinct_id=self._distinct_id or outer.distinct_id,
+            session_id=self._session_id or outer.session_id,
+            properties={**outer.properties, **self._properties}
+            if self._properties
+            else outer.properties,
+        )
+        self._tokens.append(_binding.set(binding))
+        return binding
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        token = self._tokens.pop()
+        if exc is not None:
+            remember_binding(exc, token.var.get())
+        _binding.reset(token)
+
+    async def __aenter__(self) -> Binding:
+        return self.__enter__()
+
+    async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+    def __call__(self, function: Callable[P, R]) -> Callable[P, R]:
+        if inspect.iscoroutinefunction(function):
+
+            @functools.wraps(function)
+            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                with self._copy():
+                    return await function(*args, **kwargs)
+
+            return async_wrapper  # type: ignore[return-value]
+
+        @functools.wraps(function)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            with self._copy():
+                return function(*args, **kwargs)
+
+        return wrapper
+
+    def _copy(self) -> bind:
+        # A decorated function may run in many threads at once: each call needs its own
+        # token stack.
+        return bind(self._distinct_id, session_id=self._session_id, properties=self._properties)
+
+
+def remember_binding(exc: BaseException, binding: Binding) -> None:
+    """Attach ``binding`` to ``exc`` unless an inner block already did (innermost wins)."""
+    if binding is _EMPTY:
+        return
+    try:
+        if getattr(exc, _REMEMBERED_ATTR, None) is None:
+            setattr(exc, _REMEMBERED_ATTR, binding)
+    except Exception:
+        pass  # an exception that refuses attributes keeps no binding
+
+
+def set_distinct_id(distinct_id: Any) -> contextvars.Token[Binding]:
+    """Set the distinct ID for the rest of this context; ``reset(token)`` undoes it."""
+    current = _binding.get()
+    return _binding.set(dataclasses.replace(current, distinct_id=_as_id(distinct_id)))
+
+
+def set_session_id(session_id: Any) -> contextvars.Token[Binding]:
+    """Set the session ID for the rest of this context; ``reset(token)`` undoes it."""
+    current = _binding.get()
+    return _binding.set(dataclasses.replace(current, session_id=_as_id(session_id)))
+
+
+def reset(token: contextvars.Token[Binding]) -> None:
+    """Undo a ``set_distinct_id``/``set_session_id``, for middleware-style code."""
+    _binding.reset(token)
+
+
+def get_distinct_id() -> str | None:
+    """The distinct ID an event captured here and now would carry (None: personless)."""
+    return resolve(None, None, None)[0]
+
+
+def get_session_id() -> str | None:
+    return resolve(None, None, None)[1]
+
+
+def resolve(
+    exc: BaseException | None, distinct_id: Any, session_id: Any
+) -> tuple[str | None, str | None, Mapping[str, Any]]:
+    """(distinct ID, session ID, bound properties) for an event, by the chain above."""
+    remembered = getattr(exc, _REMEMBERED_ATTR, None) if exc is not None else None
+    current = _binding.get()
+    found_id = _as_id(distinct_id)
+    found_session = _as_id(session_id)
+    properties: Mapping[str, Any] = current.properties
+    if isinstance(remembered, Binding):
+        found_id = found_id or remembered.distinct_id
+        found_session = found_session or remembered.session_id
+        properties = remembered.properties
+    found_id = found_id or current.distinct_id
+    found_session = found_session or current.session_id
+    if found_id is None or found_session is None:
+        for lookup in _FALLBACKS:
+            fallback_id, fallback_session = lookup()
+            found_id = found_id or fallback_id
+            found_session = found_session or fallback_session
+            if found_id is not None and found_session is not None:
+                break
+    return found_id, found_session, properties
+
+
+def _from_posthog() -> tuple[str | None, str | None]:
     contexts = sys.modules.get("posthog.contexts")
-    if contexts is not None:
-        return _as_id(contexts.get_context_distinct_id())
-    return None
+    if contexts is None:
+        return None, None
+    try:
+        return _as_id(contexts.get_context_distinct_id()), _as_id(contexts.get_context_session_id())
+    except Exception:
+        return None, None
 
 
-def resolve_session_id(explicit: Any = None) -> str | None:
-    if explicit is not None:
-        return _as_id(explicit)
-    contexts = sys.modules.get("posthog.contexts")
-    if contexts is not None:
-        return _as_id(contexts.get_context_session_id())
-    return None
+def _from_structlog() -> tuple[str | None, str | None]:
+    module = sys.modules.get("structlog.contextvars")
+    if module is None:
+        return None, None
+    try:
+        variables = module._CONTEXT_VARS
+        prefix = module.STRUCTLOG_KEY_PREFIX
+        values = []
+        for key in ("distinct_id", "session_id"):
+            variable = variables.get(prefix + key)
+            value = variable.get(Ellipsis) if variable is not None else Ellipsis
+            values.append(None if value is Ellipsis else _as_id(value))
+        return values[0], values[1]
+    except Exception:
+        return None, None
+
+
+def _from_sentry() -> tuple[str | None, str | None]:
+    sentry_sdk = sys.modules.get("sentry_sdk")
+    if sentry_sdk is None:
+        return None, None
+    try:
+        for scope in (sentry_sdk.get_current_scope(), sentry_sdk.get_isolation_scope()):
+            value = scope._tags.get(SENTRY_ID_TAG)
+            if value is not None:
+                return _as_id(value), None
+    except Exception:
+        pass
+    return None, None
+
+
+_FALLBACKS = (_from_posthog, _from_structlog, _from_sentry)
+
+
+def carry_context(function: Callable[P, R]) -> Callable[P, R]:
+    """Wrap ``function`` to run in a copy of the current context, wherever it is called.
+
+    New threads start with an empty context, and ``ThreadPoolExecutor`` workers with their
+    own, so IDs bound by the caller are lost there. Wrap the target::
+
+        threading.Thread(target=posthog_errors.carry_context(work)).start()
+        executor.submit(posthog_errors.carry_context(work), item)
+    """
+    captured = contextvars.copy_context()
+
+    @functools.wraps(function)
+    def run_in_captured_context(*args: P.args, **kwargs: P.kwargs) -> R:
+        # A copy per call: one Context cannot be entered by two threads at once.
+        return captured.copy().run(function, *args, **kwargs)
+
+    return run_in_captured_context
 
 
 def _as_id(value: Any) -> str | None:
     if value is None:
         return None
-    text = value if isinstance(value, str) else str(value)
+    try:
+        text = value if isinstance(value, str) else str(value)
+    except Exception:
+        return None
     return text or None

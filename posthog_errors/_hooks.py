@@ -10,6 +10,7 @@ onto us since, and unhooking it would be worse than leaving ours.
 
 from __future__ import annotations
 
+import contextvars
 import sys
 import threading
 from collections.abc import Callable
@@ -141,7 +142,10 @@ def install_asyncio_hook(reporter: Reporter) -> Restore:
         try:
             exc = context.get("exception")
             if isinstance(exc, Exception) and not isinstance(exc, asyncio.CancelledError):
-                reporter.capture(
+                # Resolve the person in the failed task's own context, not the loop's.
+                run = _task_context(context).run
+                run(
+                    reporter.capture,
                     exc,
                     level="error",
                     handled=False,
@@ -159,6 +163,18 @@ def install_asyncio_hook(reporter: Reporter) -> Restore:
             base.call_exception_handler = previous  # type: ignore[method-assign]
 
     return restore
+
+
+def _task_context(context: dict[str, Any]) -> contextvars.Context:
+    task = context.get("task") or context.get("future")
+    get_context = getattr(task, "get_context", None)  # Python 3.12+
+    try:
+        task_context = get_context() if callable(get_context) else getattr(task, "_context", None)
+    except Exception:
+        task_context = None
+    if isinstance(task_context, contextvars.Context):
+        return task_context.copy()  # a copy: the original may be entered elsewhere
+    return contextvars.copy_context()
 
 
 def _describe(obj: object) -> str:

@@ -16,9 +16,8 @@ import uuid as uuid_module
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from posthog_errors import _dedupe, _guard, _rate_limit
+from posthog_errors import _context, _dedupe, _guard, _rate_limit
 from posthog_errors._client import ClientSource
-from posthog_errors._context import resolve_distinct_id, resolve_session_id
 from posthog_errors._delivery import worker
 from posthog_errors._frames import FrameBuilder
 from posthog_errors._options import PayloadOptions, as_names
@@ -137,6 +136,7 @@ class Reporter:
         )
         return self._submit(
             event_uuid,
+            exc,
             exceptions,
             level,
             handled,
@@ -180,6 +180,7 @@ class Reporter:
             )
             return self._submit(
                 str(uuid_module.uuid4()),
+                None,
                 [entry],
                 level,
                 True,
@@ -198,6 +199,7 @@ class Reporter:
     def _submit(
         self,
         event_uuid: str,
+        exc: BaseException | None,
         exceptions: list[ExceptionSnapshot],
         level: str,
         handled: bool,
@@ -215,6 +217,9 @@ class Reporter:
         if client is None:
             STATS.add("dropped")
             return None
+        distinct_id, session_id, bound = _context.resolve(exc, distinct_id, session_id)
+        if bound:
+            properties = {**bound, **properties} if properties else dict(bound)
         snapshot = EventSnapshot(
             uuid=event_uuid,
             timestamp=time.time(),
@@ -223,8 +228,8 @@ class Reporter:
             handled=handled,
             mechanism=mechanism,
             source=source,
-            distinct_id=resolve_distinct_id(distinct_id),
-            session_id=resolve_session_id(session_id),
+            distinct_id=distinct_id,
+            session_id=session_id,
             properties=dict(properties) if properties else None,
             fingerprint=fingerprint,
             client=client,
