@@ -15,14 +15,18 @@ only when Django hands it an async ``get_response``.
 
 from __future__ import annotations
 
+import logging
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from typing import Any
 
 from posthog_errors._context import bind
 from posthog_errors._reporter import Reporter, default_reporter
+from posthog_errors._stats import STATS
 
-__all__ = ["ASGIMiddleware", "DjangoMiddleware", "WSGIMiddleware"]
+logger = logging.getLogger("posthog_errors")
+
+__all__ = ["ASGIMiddleware", "DjangoMiddleware", "WSGIMiddleware", "report_flask_exceptions"]
 
 DISTINCT_ID_HEADER = "x-posthog-distinct-id"
 SESSION_ID_HEADER = "x-posthog-session-id"
@@ -45,11 +49,19 @@ class _RequestReporter:
     def ids(self, request: Any, headers: Callable[[str], str | None]) -> tuple[Any, Any]:
         distinct_id, session_id = headers(DISTINCT_ID_HEADER), headers(SESSION_ID_HEADER)
         if self._identify is not None:
-            claimed = self._identify(request)
+            try:
+                claimed = self._identify(request)
+            except Exception:
+                # The app's callable failed: the request goes on, identified by its headers.
+                STATS.add("invalid_input")
+                logger.warning("identify() raised; using the tracing headers", exc_info=True)
+                claimed = None
             if isinstance(claimed, tuple):
-                distinct_id = claimed[0] if claimed[0] is not None else distinct_id
-                session_id = claimed[1] if len(claimed) > 1 and claimed[1] else session_id
-            elif claimed is not None:
+                claimed_id = claimed[0] if len(claimed) > 0 else None
+                claimed_session = claimed[1] if len(claimed) > 1 else None
+                distinct_id = claimed_id if claimed_id not in (None, "") else distinct_id
+                session_id = claimed_session if claimed_session not in (None, "") else session_id
+            elif claimed not in (None, ""):
                 distinct_id = claimed
         return distinct_id, session_id
 
@@ -89,7 +101,13 @@ class ASGIMiddleware:
 
 
 class WSGIMiddleware:
-    """``app.wsgi_app = WSGIMiddleware(app.wsgi_app)`` for Flask, or any WSGI app."""
+    """``app.wsgi_app = WSGIMiddleware(app.wsgi_app)`` for Flask, or any WSGI app.
+
+    Flask turns a view's exception into a 500 response itself unless
+    ``PROPAGATE_EXCEPTIONS`` is on, so with Flask's defaults nothing escapes to this
+    middleware: it still binds the IDs for the request, and ``report_flask_exceptions(app)``
+    reports what Flask handles (through its ``got_request_exception`` signal).
+    """
 
     def __init__(
         self,
@@ -137,21 +155,40 @@ class _ReportingBody:
         return self
 
     def __next__(self) -> bytes:
-        if self._iterator is None:
-            self._iterator = iter(self._result)
-        try:
-            return next(self._iterator)
-        except StopIteration:
-            raise
-        except Exception as exc:
-            with bind(self._ids[0], session_id=self._ids[1]):
+        # A streaming body runs while the server iterates, after __call__ returned: bind
+        # the request's IDs again for each step, so the body's own logging is attributed.
+        with bind(self._ids[0], session_id=self._ids[1]):
+            try:
+                if self._iterator is None:
+                    self._iterator = iter(self._result)
+                return next(self._iterator)
+            except StopIteration:
+                raise
+            except Exception as exc:
                 self._requests.report(exc, _wsgi_properties(self._environ))
-            raise
+                raise
 
     def close(self) -> None:
         close = getattr(self._result, "close", None)
         if close is not None:
-            close()
+            with bind(self._ids[0], session_id=self._ids[1]):
+                close()
+
+
+def report_flask_exceptions(app: Any, *, client: Any = None) -> None:
+    """Report the exceptions Flask turns into 500 responses, with the request's IDs.
+
+    Connects to ``flask.got_request_exception``, which Flask sends while the request (and
+    so the binding of a ``WSGIMiddleware`` around it) is still active.
+    """
+    from flask import got_request_exception, request
+
+    requests = _RequestReporter(client, None, "python.wsgi")
+
+    def posthog_errors_flask_exception(sender: Any, exception: BaseException, **extra: Any) -> None:
+        requests.report(exception, _wsgi_properties(request.environ))
+
+    got_request_exception.connect(posthog_errors_flask_exception, app, weak=False)
 
 
 class DjangoMiddleware:
@@ -194,11 +231,15 @@ class DjangoMiddleware:
         return bind(distinct_id, session_id=session_id)
 
     def process_exception(self, request: Any, exception: Exception) -> None:
-        properties = {
-            "$current_url": request.build_absolute_uri(),
+        properties: dict[str, Any] = {
             "$request_method": request.method,
             "$request_path": request.path,
         }
+        try:
+            properties["$current_url"] = request.build_absolute_uri()
+        except Exception:
+            # DisallowedHost from a spoofed Host header: never a reason to lose the report.
+            properties["$current_url"] = request.get_full_path()
         self._requests.report(exception, properties)
         # None: Django goes on with its own handling (500 page, got_request_exception).
 
@@ -216,7 +257,12 @@ def _is_coroutine_function(function: Any) -> bool:
 def _asgi_properties(scope: Scope, headers: dict[str, str]) -> dict[str, Any]:
     scheme = scope.get("scheme", "http")
     host = headers.get("host") or ""
-    path = scope.get("path", "")
+    raw_path = scope.get("raw_path")
+    path = (
+        raw_path.decode("latin-1")
+        if isinstance(raw_path, bytes)
+        else urllib.parse.quote(scope.get("path", ""))
+    )
     query = scope.get("query_string", b"").decode("latin-1")
     url = f"{scheme}://{host}{path}" + (f"?{query}" if query else "")
     return {
@@ -229,7 +275,12 @@ def _asgi_properties(scope: Scope, headers: dict[str, str]) -> dict[str, Any]:
 def _wsgi_properties(environ: dict[str, Any]) -> dict[str, Any]:
     scheme = environ.get("wsgi.url_scheme", "http")
     host = environ.get("HTTP_HOST") or environ.get("SERVER_NAME", "")
-    path = urllib.parse.quote(environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""))
+    # PEP 3333: PATH_INFO holds the raw bytes decoded as latin-1.
+    raw = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+    try:
+        path = urllib.parse.quote(raw.encode("latin-1"))
+    except UnicodeEncodeError:
+        path = urllib.parse.quote(raw)
     query = environ.get("QUERY_STRING", "")
     url = f"{scheme}://{host}{path}" + (f"?{query}" if query else "")
     return {

@@ -1,0 +1,600 @@
+"""The ASGI, WSGI and Django middlewares under real frameworks and real requests.
+
+Every test asserts on the JSON that crossed the wire to the loopback capture server: the
+middleware binds posthog-js's tracing headers (or what ``identify`` returns) for the request,
+reports the exception that escapes the app with its source, re-raises it, and leaves no
+context behind.
+
+Flask: Flask turns a view's exception into a 500 itself unless ``PROPAGATE_EXCEPTIONS`` is
+on, so most Flask tests set it, which lets the exception reach ``WSGIMiddleware``. With the
+default configuration, ``report_flask_exceptions(app)`` reports through Flask's signal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+import urllib.error
+import urllib.request
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import httpx
+import pytest
+from django.test import AsyncClient, Client, override_settings
+from fastapi import FastAPI
+from flask import Flask
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+import posthog_errors
+from posthog_errors import _rate_limit
+from posthog_errors._reporter import Reporter
+from posthog_errors.capture_server import CaptureServer
+from posthog_errors.middleware import ASGIMiddleware, WSGIMiddleware, report_flask_exceptions
+from tests import django_app
+
+with warnings.catch_warnings():
+    # Starlette 1.x warns that its TestClient will move from httpx to httpx2.
+    warnings.simplefilter("ignore", UserWarning)
+    from starlette.testclient import TestClient
+
+django_app.configure()
+
+DISTINCT_HEADER = "X-POSTHOG-DISTINCT-ID"
+SESSION_HEADER = "X-POSTHOG-SESSION-ID"
+BROWSER = {DISTINCT_HEADER: "browser-user", SESSION_HEADER: "browser-session"}
+
+
+def sent_events(server: CaptureServer, count: int) -> list[dict[str, Any]]:
+    """Flush, then exactly ``count`` ``$exception`` events from the wire."""
+    assert posthog_errors.flush(5)
+    events = server.wait_for_events(count)
+    assert len(events) == count, events
+    return events
+
+
+def only_event(server: CaptureServer) -> dict[str, Any]:
+    [event] = sent_events(server, 1)
+    return event
+
+
+def assert_unhandled(event: dict[str, Any], source: str, type_name: str, value: str) -> None:
+    props = event["properties"]
+    assert props["$exception_source"] == source
+    assert props["$exception_handled"] is False
+    assert props["$exception_level"] == "error"
+    [entry] = props["$exception_list"]
+    assert (entry["type"], entry["value"]) == (type_name, value)
+    assert entry["mechanism"]["handled"] is False
+    assert entry["mechanism"]["type"] == source.removeprefix("python.")
+
+
+def assert_person(event: dict[str, Any], distinct_id: str, session_id: str | None) -> None:
+    props = event["properties"]
+    assert event["distinct_id"] == distinct_id
+    assert props.get("$session_id") == session_id
+    assert "$process_person_profile" not in props
+
+
+def assert_personless(event: dict[str, Any]) -> None:
+    props = event["properties"]
+    assert props["$process_person_profile"] is False
+    assert "$session_id" not in props
+    assert event["distinct_id"] not in ("browser-user", "None", "")
+
+
+def ids_now() -> dict[str, str | None]:
+    return {
+        "distinct_id": posthog_errors.get_distinct_id(),
+        "session_id": posthog_errors.get_session_id(),
+    }
+
+
+# -- ASGI: Starlette ---------------------------------------------------------------------
+
+
+def starlette_app() -> Starlette:
+    async def boom(request: Request) -> JSONResponse:
+        raise RuntimeError(f"asgi boom {request.method}")
+
+    async def whoami(request: Request) -> JSONResponse:
+        return JSONResponse(ids_now())
+
+    return Starlette(
+        routes=[Route("/boom", boom, methods=["GET", "POST"]), Route("/whoami", whoami)]
+    )
+
+
+def test_asgi_reports_the_escaping_exception_with_the_header_ids(
+    capture_server: CaptureServer, reporter: Reporter
+) -> None:
+    app = ASGIMiddleware(starlette_app())
+    # The context manager runs the lifespan protocol: non-HTTP scopes pass straight through.
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.post("/boom?page=2", headers=BROWSER)
+    assert response.status_code == 500
+    event = only_event(capture_server)
+    assert_unhandled(event, "python.asgi", "RuntimeError", "asgi boom POST")
+    assert_person(event, "browser-user", "browser-session")
+    props = event["properties"]
+    assert props["$current_url"] == "http://testserver/boom?page=2"
+    assert props["$request_method"] == "POST"
+    assert props["$request_path"] == "/boom"
+    assert posthog_errors.get_distinct_id() is None
+
+
+def test_asgi_binds_the_header_ids_for_the_request_only(
+    capture_server: CaptureServer, reporter: Reporter
+) -> None:
+    with TestClient(ASGIMiddleware(starlette_app())) as client:
+        bound = client.get("/whoami", headers=BROWSER).json()
+        after = client.get("/whoami").json()
+    assert bound == {"distinct_id": "browser-user", "session_id": "browser-session"}
+    assert after == {"distinct_id": None, "session_id": None}
+    assert posthog_errors.get_distinct_id() is None
+    assert posthog_errors.flush(5)
+    assert capture_server.exception_events() == []
+
+
+def test_asgi_request_without_headers_is_personless(
+    capture_server: CaptureServer, reporter: Reporter
+) -> None:
+    client = TestClient(ASGIMiddleware(starlette_app()), raise_server_exceptions=False)
+    assert client.get("/boom").status_code == 500
+    event = only_event(capture_server)
+    assert_unhandled(event, "python.asgi", "RuntimeError", "asgi boom GET")
+    assert_personless(event)
+
+
+def test_asgi_identify_takes_precedence_over_the_headers(
+    capture_server: CaptureServer, reporter: Reporter
+) -> None:
+    seen: list[str] = []
+
+    def identify(scope: Any) -> str:
+        seen.append(scope["path"])
+        return "user-from-auth"
+
+    app = ASGIMiddleware(starlette_app(), identify=identify)
+    client = TestClient(app, raise_server_exceptions=False)
+    assert client.get("/whoami", headers=BROWSER).json() == {
+        "distinct_id": "user-from-auth",
+        "session_id": "browser-session",  # identify named no session: the header's stays
+    }
+    assert client.get("/boom", headers=BROWSER).status_code == 500
+    assert seen == ["/whoami", "/boom"]
+    event = only_event(capture_server)
+    assert_unhandled(event, "python.asgi", "RuntimeError", "asgi boom GET")
+    assert_person(event, "user-from-auth", "browser-session")
+
+
+@pytest.mark.parametrize(
+    ("claimed", "expected"),
+    [
+        (("auth-user", "auth-session"), ("auth-user", "auth-session")),
+        (("auth-user", None), ("auth-user", "browser-session")),
+        ((None, "auth-session"), ("browser-user", "auth-session")),
+        (None, ("browser-user", "browser-session")),
+    ],
+    ids=["tuple", "tuple-without-session", "tuple-without-user", "none-falls-back"],
+)
+def test_asgi_identify_tuple_and_none(
+    capture_server: CaptureServer,
+    reporter: Reporter,
+    claimed: Any,
+    expected: tuple[str, str],
+) -> None:
+    app = ASGIMiddleware(starlette_app(), identify=lambda scope: claimed)
+    client = TestClient(app, raise_server_exceptions=False)
+    assert client.get("/boom", headers=BROWSER).status_code == 500
+    assert_person(only_event(capture_server), *expected)
+
+
+def test_asgi_through_httpx_re_raises_and_restores_the_callers_context(
+    capture_server: CaptureServer, reporter: Reporter
+) -> None:
+    app = starlette_app()
+    app.add_middleware(ASGIMiddleware)  # inside Starlette's own error middleware
+
+    async def main() -> tuple[int, dict[str, Any], str | None]:
+        with posthog_errors.bind("outer-task", session_id="outer-session"):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://app.test") as c:
+                with pytest.raises(RuntimeError, match="asgi boom GET"):
+                    await c.get("/boom", headers=BROWSER)  # the exception is re-raised
+                bound = (await c.get("/whoami", headers=BROWSER)).json()
+            # The same task ran the app: the request's binding is gone, ours is back.
+            assert ids_now() == {"distinct_id": "outer-task", "session_id": "outer-session"}
+            transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+            async with httpx.AsyncClient(transport=transport, base_url="http://app.test") as c:
+                status = (await c.get("/boom", headers=BROWSER)).status_code
+        return status, bound, posthog_errors.get_distinct_id()
+
+    status, bound, after = asyncio.run(main())
+    assert status == 500
+    assert bound == {"distinct_id": "browser-user", "session_id": "browser-session"}
+    assert after is None
+    events = sent_events(capture_server, 2)
+    for event in events:
+        assert_unhandled(event, "python.asgi", "RuntimeError", "asgi boom GET")
+        assert_person(event, "browser-user", "browser-session")
+        assert event["properties"]["$current_url"] == "http://app.test/boom"
+
+
+# -- ASGI: FastAPI -----------------------------------------------------------------------
+
+
+def test_fastapi_add_middleware_and_the_innermost_binding_wins(
+    capture_server: CaptureServer, reporter: Reporter
+) -> None:
+    app = FastAPI()
+
+    @app.get("/items/{item_id}")
+    def read_item(item_id: int) -> dict[str, Any]:
+        with posthog_errors.bind("inner-user"):
+            raise LookupError(f"no item {item_id}")
+
+    @app.get("/whoami")
+    async def whoami() -> dict[str, Any]:
+        return ids_now()
+
+    app.add_middleware(ASGIMiddleware, identify=lambda scope: "auth-user")
+    client = TestClient(app, raise_server_exceptions=False)
+    assert client.get("/whoami", headers=BROWSER).json() == {
+        "distinct_id": "auth-user",
+        "session_id": "browser-session",
+    }
+    response = client.get("/items/42", headers=BROWSER)
+    assert response.status_code == 500
+    event = only_event(capture_server)
+    assert_unhandled(event, "python.asgi", "LookupError", "no item 42")
+    # The exception remembers the endpoint's bind(); the session comes from the request's.
+    assert_person(event, "inner-user", "browser-session")
+    assert event["properties"]["$request_path"] == "/items/42"
+    assert event["properties"]["$current_url"] == "http://testserver/items/42"
+
+
+# -- ASGI: concurrency -------------------------------------------------------------------
+
+
+def test_concurrent_asgi_requests_keep_their_own_ids(
+    capture_server: CaptureServer, reporter: Reporter
+) -> None:
+    _rate_limit.configure(None)  # 20 failures from one site
+
+    async def fail(request: Request) -> JSONResponse:
+        user = request.headers[DISTINCT_HEADER]
+        for _ in range(3):
+            await asyncio.sleep(0.001)  # interleave the requests
+        assert posthog_errors.get_distinct_id() == user
+        raise RuntimeError(f"failure for {user}")
+
+    app = ASGIMiddleware(Starlette(routes=[Route("/fail", fail)]))
+
+    async def main() -> list[int]:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app.test") as c:
+            responses = await asyncio.gather(
+                *(
+                    c.get("/fail", headers={DISTINCT_HEADER: f"user-{i}", SESSION_HEADER: f"s-{i}"})
+                    for i in range(20)
+                )
+            )
+        return [r.status_code for r in responses]
+
+    assert asyncio.run(main()) == [500] * 20
+    events = sent_events(capture_server, 20)
+    users = set()
+    for event in events:
+        [entry] = event["properties"]["$exception_list"]
+        user = entry["value"].removeprefix("failure for ")
+        users.add(user)
+        assert_person(event, user, user.replace("user-", "s-"))
+    assert users == {f"user-{i}" for i in range(20)}
+
+
+# -- WSGI --------------------------------------------------------------------------------
+
+
+class QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class QuietServer(WSGIServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def wsgi_server(app: Callable[..., Any]) -> Iterator[str]:
+    """Serve ``app`` with wsgiref on a background thread; yields the base URL."""
+    server = make_server("127.0.0.1", 0, app, server_class=QuietServer, handler_class=QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no env proxies
+
+
+def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with _OPENER.open(request, timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, error.read()
+
+
+def plain_wsgi_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+    path = environ["PATH_INFO"]
+    if path == "/whoami":
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps(ids_now()).encode()]
+    if path == "/stream":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return stream_body()
+    raise RuntimeError(f"wsgi boom {path}")
+
+
+def stream_body() -> Iterator[bytes]:
+    yield b"first chunk;"
+    yield f"during iteration: {posthog_errors.get_distinct_id()};".encode()
+    raise RuntimeError("stream broke")
+
+
+def test_wsgi_reports_the_escaping_exception_with_the_header_ids(
+    capture_server: CaptureServer, reporter: Reporter
+) -> None:
+    with wsgi_server(WSGIMiddleware(plain_wsgi_app)) as base:
+        status, _ = http_get(base + "/boom?page=2", BROWSER)
+    assert status == 500
+    event = only_event(capture_server)
+    assert_unhandled(event, "python.wsgi", "RuntimeError", "wsgi boom /boom")
+    assert_person(event, "browser-user", "browser-session")
+    props = event["properties"]
+    assert props["$current_url"] == base + "/boom?page=2"
+    assert props["$request_method"] == "GET"
+    assert props["$request_path"] == "/boom"
+
+
+def test_wsgi_streaming_body_failure_is_reported_with_the_request_ids(
+    capture_server: CaptureServer, reporter: Reporter
+) -> None:
+    with wsgi_server(WSGIMiddleware(plain_wsgi_app)) as base:
+        status, body = http_get(base + "/stream", BROWSER)
+        # The server thread that streamed is clean for the next request.
+        _, after = http_get(base + "/whoami")
+    assert status == 200  # the headers went out before the body broke
+    assert body.startswith(b"first chunk;")
+    assert json.loads(after) == {"distinct_id": None, "session_id": None}
+    event = only_event(capture_server)
+    assert_unhandled(event, "python.wsgi", "RuntimeError", "stream broke")
+    assert_person(event, "browser-user", "browser-session")
+    assert event["properties"]["$request_path"] == "/stream"
+    assert posthog_errors.get_distinct_id() is None
+
+
+def test_wsgi_streaming_body_runs_with_the_request_ids_bound(
+    capture_server: CaptureServer, reporter: Reporter
+) -> None:
+    with wsgi_server(WSGIMiddleware(plain_wsgi_app)) as base:
+        _, body = http_get(base + "/stream", BROWSER)
+    assert b"during iteration: browser-user;" in body
+
+
+def test_wsgi_binds_the_header_ids_for_the_request_only(
+    capture_server: CaptureServer, reporter: Reporter
+) -> None:
+    # wsgiref's server is single-threaded: both requests run on the same thread.
+    with wsgi_server(WSGIMiddleware(plain_wsgi_app)) as base:
+        _, bound = http_get(base + "/whoami", BROWSER)
+        _, after = http_get(base + "/whoami")
+    assert json.loads(bound) == {"distinct_id": "browser-user", "session_id": "browser-session"}
+    assert json.loads(after) == {"distinct_id": None, "session_id": None}
+    assert posthog_errors.get_distinct_id() is None
+    assert posthog_errors.flush(5)
+    assert capture_server.exception_events() == []
+
+
+def test_wsgi_identify_takes_precedence_and_none_falls_back(
+    capture_server: CaptureServer, reporter: Reporter
+) -> None:
+    def identify(environ: dict[str, Any]) -> str | None:
+        return environ.get("HTTP_X_AUTH_USER")  # None: anonymous
+
+    with wsgi_server(WSGIMiddleware(plain_wsgi_app, identify=identify)) as base:
+        assert http_get(base + "/authed", {**BROWSER, "X-Auth-User": "user-from-auth"})[0] == 500
+        assert http_get(base + "/anonymous", BROWSER)[0] == 500
+        assert http_get(base + "/nobody")[0] == 500
+    events = sent_events(capture_server, 3)
+    by_path = {e["properties"]["$request_path"]: e for e in events}
+    assert_person(by_path["/authed"], "user-from-auth", "browser-session")
+    assert_person(by_path["/anonymous"], "browser-user", "browser-session")
+    assert_personless(by_path["/nobody"])
+
+
+def test_wsgi_non_ascii_path_keeps_its_url(
+    capture_server: CaptureServer, reporter: Reporter
+) -> None:
+    with wsgi_server(WSGIMiddleware(plain_wsgi_app)) as base:
+        assert http_get(base + "/caf%C3%A9")[0] == 500
+    props = only_event(capture_server)["properties"]
+    assert props["$current_url"] == base + "/caf%C3%A9"
+
+
+def flask_app(*, propagate: bool = True, **options: Any) -> Flask:
+    app = Flask("flask_test_app")
+    if propagate:
+        app.config["PROPAGATE_EXCEPTIONS"] = True
+
+    @app.route("/orders/<int:order_id>", methods=["GET", "POST"])
+    def order(order_id: int) -> str:
+        raise KeyError(f"order {order_id}")
+
+    @app.route("/whoami")
+    def whoami() -> dict[str, Any]:
+        return ids_now()
+
+    app.wsgi_app = WSGIMiddleware(app.wsgi_app, **options)  # type: ignore[method-assign]
+    return app
+
+
+def test_flask_reports_the_view_exception_with_the_header_ids(
+    capture_server: CaptureServer, reporter: Reporter
+) -> None:
+    with wsgi_server(flask_app()) as base:
+        status, _ = http_get(base + "/orders/7?x=1", BROWSER)
+        _, bound = http_get(base + "/whoami", BROWSER)
+        _, after = http_get(base + "/whoami")
+    assert status == 500
+    assert json.loads(bound) == {"distinct_id": "browser-user", "session_id": "browser-session"}
+    assert json.loads(after) == {"distinct_id": None, "session_id": None}
+    event = only_event(capture_server)
+    assert_unhandled(event, "python.wsgi", "KeyError", "'order 7'")
+    assert_person(event, "browser-user", "browser-session")
+    assert event["properties"]["$current_url"] == base + "/orders/7?x=1"
+    assert event["properties"]["$request_path"] == "/orders/7"
+
+
+def test_flask_identify_takes_precedence(capture_server: CaptureServer, reporter: Reporter) -> None:
+    app = flask_app(identify=lambda environ: ("flask-auth-user", "flask-auth-session"))
+    with wsgi_server(app) as base:
+        assert http_get(base + "/orders/8", BROWSER)[0] == 500
+    assert_person(only_event(capture_server), "flask-auth-user", "flask-auth-session")
+
+
+def test_flask_default_config_reports_through_its_signal(
+    capture_server: CaptureServer, reporter: Reporter
+) -> None:
+    app = flask_app(propagate=False)
+    report_flask_exceptions(app)
+    with wsgi_server(app) as base:
+        assert http_get(base + "/orders/9", BROWSER)[0] == 500
+    event = only_event(capture_server)
+    assert_unhandled(event, "python.wsgi", "KeyError", "'order 9'")
+    assert_person(event, "browser-user", "browser-session")
+    assert event["properties"]["$request_path"] == "/orders/9"
+
+
+# -- Django ------------------------------------------------------------------------------
+
+
+def test_django_reports_the_view_exception_with_the_header_ids(
+    capture_server: CaptureServer, reporter: Reporter
+) -> None:
+    client = Client(raise_request_exception=False)
+    response = client.post(
+        "/boom/?page=2",
+        HTTP_X_POSTHOG_DISTINCT_ID="browser-user",
+        HTTP_X_POSTHOG_SESSION_ID="browser-session",
+    )
+    assert response.status_code == 500
+    event = only_event(capture_server)
+    assert_unhandled(event, "python.django", "RuntimeError", "django boom POST")
+    assert_person(event, "browser-user", "browser-session")
+    props = event["properties"]
+    assert props["$current_url"] == "http://testserver/boom/?page=2"
+    assert props["$request_method"] == "POST"
+    assert props["$request_path"] == "/boom/"
+
+
+def test_django_binds_the_header_ids_for_the_request_only(
+    capture_server: CaptureServer, reporter: Reporter
+) -> None:
+    # Django's test client runs the handler on this very thread.
+    client = Client()
+    assert client.get("/whoami/", headers=BROWSER).json() == {
+        "distinct_id": "browser-user",
+        "session_id": "browser-session",
+    }
+    assert posthog_errors.get_distinct_id() is None
+    assert client.get("/whoami/").json() == {"distinct_id": None, "session_id": None}
+    assert posthog_errors.flush(5)
+    assert capture_server.exception_events() == []
+
+
+def test_django_request_without_headers_is_personless(
+    capture_server: CaptureServer, reporter: Reporter
+) -> None:
+    assert Client(raise_request_exception=False).get("/boom/").status_code == 500
+    event = only_event(capture_server)
+    assert_unhandled(event, "python.django", "RuntimeError", "django boom GET")
+    assert_personless(event)
+
+
+def test_django_identify_override_takes_precedence(
+    capture_server: CaptureServer, reporter: Reporter
+) -> None:
+    with override_settings(MIDDLEWARE=[django_app.AUTH_MIDDLEWARE]):
+        client = Client(raise_request_exception=False)  # loads the overridden MIDDLEWARE
+        authed = {**BROWSER, "X-Auth-User": "user-from-auth"}
+        assert client.get("/whoami/", headers=authed).json() == {
+            "distinct_id": "user-from-auth",
+            "session_id": "browser-session",
+        }
+        assert client.get("/boom/", headers=authed).status_code == 500
+        both = {**authed, "X-Auth-Session": "auth-session"}
+        assert client.post("/boom/", headers=both).status_code == 500
+        assert client.put("/boom/", headers=BROWSER).status_code == 500  # identify: None
+    events = sent_events(capture_server, 3)
+    by_method = {e["properties"]["$request_method"]: e for e in events}
+    assert_person(by_method["GET"], "user-from-auth", "browser-session")
+    assert_person(by_method["POST"], "user-from-auth", "auth-session")
+    assert_person(by_method["PUT"], "browser-user", "browser-session")
+    for event in events:
+        assert event["properties"]["$exception_source"] == "python.django"
+
+
+def test_django_async_path(capture_server: CaptureServer, reporter: Reporter) -> None:
+    async def main() -> tuple[int, int, dict[str, Any], str | None]:
+        client = AsyncClient(raise_request_exception=False)
+        sync_view = await client.get("/boom/", headers=BROWSER)
+        async_view = await client.get("/async-boom/", headers=BROWSER)
+        bound = (await client.get("/async-whoami/", headers=BROWSER)).json()
+        return (
+            sync_view.status_code,
+            async_view.status_code,
+            bound,
+            posthog_errors.get_distinct_id(),
+        )
+
+    sync_status, async_status, bound, after = asyncio.run(main())
+    assert (sync_status, async_status) == (500, 500)
+    assert bound == {"distinct_id": "browser-user", "session_id": "browser-session"}
+    assert after is None
+    events = sent_events(capture_server, 2)
+    by_path = {e["properties"]["$request_path"]: e for e in events}
+    assert_unhandled(by_path["/boom/"], "python.django", "RuntimeError", "django boom GET")
+    assert_unhandled(by_path["/async-boom/"], "python.django", "RuntimeError", "django async boom")
+    for event in events:
+        assert_person(event, "browser-user", "browser-session")
+    assert by_path["/async-boom/"]["properties"]["$current_url"] == "http://testserver/async-boom/"
+
+
+def test_django_disallowed_host_still_reports_the_view_exception(
+    capture_server: CaptureServer, reporter: Reporter
+) -> None:
+    with override_settings(ALLOWED_HOSTS=["testserver"]):
+        response = Client(raise_request_exception=False).get(
+            "/boom/", headers={**BROWSER, "Host": "evil.example"}
+        )
+    assert posthog_errors.flush(5)
+    [event] = capture_server.wait_for_events(1, timeout=1)
+    assert response.status_code == 500
+    assert_unhandled(event, "python.django", "RuntimeError", "django boom GET")
+    assert_person(event, "browser-user", "browser-session")
