@@ -43,6 +43,7 @@ class DeliveryWorker:
     def _init_state(self) -> None:
         self._queue: collections.deque[EventSnapshot] = collections.deque()
         self._wakeup = threading.Event()
+        self._hurry = threading.Event()  # set by flush(): skip the grace of not_before
         self._progress = threading.Condition(threading.Lock())
         self._submitted = 0
         self._done = 0
@@ -75,6 +76,7 @@ class DeliveryWorker:
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
         with self._progress:
             target = self._submitted
+        self._hurry.set()
         self._wakeup.set()
         with self._progress:
             while self._done < target:
@@ -107,10 +109,20 @@ class DeliveryWorker:
                 self._wakeup.clear()
                 while self._queue:
                     snapshot = self._queue.popleft()
+                    self._wait_until(snapshot.not_before)
                     self._deliver(snapshot)
                     with self._progress:
                         self._done += 1
                         self._progress.notify_all()
+                if not self._queue:
+                    self._hurry.clear()
+
+    def _wait_until(self, not_before: float) -> None:
+        """Hold an event back until ``not_before`` (a grace for late properties), unless a
+        flush is waiting for it."""
+        remaining = not_before - time.monotonic()
+        if remaining > 0 and not self._hurry.is_set():
+            self._hurry.wait(remaining)
 
     def _deliver(self, snapshot: EventSnapshot) -> None:
         try:

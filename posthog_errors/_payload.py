@@ -94,6 +94,9 @@ def build_properties(snapshot: EventSnapshot, builder: FrameBuilder) -> dict[str
         payload, size = _exception_entry(entry, snapshot, builder)
         entries.append(payload)
         sizes.append(size)
+    if snapshot.prebuilt_exceptions:
+        entries = snapshot.prebuilt_exceptions
+        sizes = [len(json.dumps(entries, default=str))]
     # The estimate counts characters; JSON can take up to 6 bytes for one (\uXXXX), so
     # only an estimate over a sixth of the budget is worth measuring for real.
     if sum(sizes) * 6 > options.max_event_bytes:

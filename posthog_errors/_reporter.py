@@ -16,7 +16,7 @@ import uuid as uuid_module
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from posthog_errors import _context, _dedupe, _guard, _rate_limit
+from posthog_errors import _context, _dedupe, _extensions, _guard, _rate_limit
 from posthog_errors._client import ClientSource
 from posthog_errors._delivery import worker
 from posthog_errors._frames import FrameBuilder
@@ -34,6 +34,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger("posthog_errors")
+
+# How long the worker waits for late properties (a Sentry event decided on the caller's
+# thread within microseconds; this bound only matters if that thread dies mid-decision).
+_LATE_PROPERTIES_TIMEOUT = 1.0
 
 BeforeSend = Callable[[dict[str, Any]], "dict[str, Any] | None"]
 
@@ -196,6 +200,48 @@ class Reporter:
             _guard.internal_error(error)
             return None
 
+    def capture_prebuilt(
+        self,
+        exception_list: list[dict[str, Any]],
+        *,
+        level: str = "error",
+        handled: bool = True,
+        mechanism: str = "generic",
+        source: str = "python.manual",
+        distinct_id: Any = None,
+        session_id: Any = None,
+        properties: dict[str, Any] | None = None,
+        fingerprint: str | None = None,
+    ) -> str | None:
+        """Queue an event whose ``$exception_list`` was built elsewhere (from a Sentry event
+        that carries no live exception)."""
+        if _guard.inside_library() or not exception_list:
+            return None
+        try:
+            STATS.add("captured")
+            root = exception_list[0]
+            if not _rate_limit.allow(fingerprint or (root.get("type"), root.get("value"))):
+                STATS.add("rate_limited")
+                return None
+            return self._submit(
+                str(uuid_module.uuid4()),
+                None,
+                [],
+                level,
+                handled,
+                mechanism,
+                source,
+                distinct_id,
+                session_id,
+                properties,
+                fingerprint,
+                prebuilt=exception_list,
+            )
+        except Exception as error:
+            STATS.add("dropped")
+            _guard.internal_error(error)
+            return None
+
     def _submit(
         self,
         event_uuid: str,
@@ -209,6 +255,7 @@ class Reporter:
         session_id: Any,
         properties: dict[str, Any] | None,
         fingerprint: str | None,
+        prebuilt: list[dict[str, Any]] | None = None,
     ) -> str | None:
         if level not in LEVELS:
             STATS.add("invalid_input")
@@ -234,7 +281,9 @@ class Reporter:
             fingerprint=fingerprint,
             client=client,
             reporter=self,
+            prebuilt_exceptions=prebuilt,
         )
+        _extensions.run_capture_hooks(exc, snapshot)
         return event_uuid if worker().submit(snapshot) else None
 
     # -- worker thread ---------------------------------------------------------------
@@ -242,6 +291,8 @@ class Reporter:
     def deliver(self, snapshot: EventSnapshot) -> Any:
         """Build the payload and hand it to the client. Returns the client used."""
         properties = build_properties(snapshot, self.frames)
+        if snapshot.late is not None:
+            properties.update(snapshot.late.wait(_LATE_PROPERTIES_TIMEOUT))
         if self.before_send is not None:
             filtered = self._run_before_send(properties)
             if filtered is None:

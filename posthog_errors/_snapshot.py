@@ -14,12 +14,13 @@ import dataclasses
 import sys
 from collections.abc import Callable
 from types import CodeType, FrameType, TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 __all__ = [
     "EventSnapshot",
     "ExceptionSnapshot",
     "FrameRef",
+    "LateProperties",
     "frames_from_stack",
     "frames_from_traceback",
     "group_members",
@@ -49,6 +50,13 @@ class ExceptionSnapshot:
     synthetic_value: str | None = None
 
 
+class LateProperties(Protocol):
+    """Properties another part of the process fills in shortly after the capture (the
+    Sentry event that saw the same failure). The worker asks for them, bounded."""
+
+    def wait(self, timeout: float) -> dict[str, Any]: ...
+
+
 @dataclasses.dataclass(slots=True)
 class EventSnapshot:
     """Everything the worker needs to build and send one ``$exception`` event."""
@@ -66,6 +74,10 @@ class EventSnapshot:
     fingerprint: str | None = None
     client: Any = None  # the posthog client resolved on the caller's thread
     reporter: Any = None  # the Reporter that took the snapshot and will deliver it
+    late: LateProperties | None = None
+    not_before: float = 0.0  # time.monotonic() before which the worker should not build it
+    # An $exception_list built elsewhere (from a Sentry event with no live exception).
+    prebuilt_exceptions: list[dict[str, Any]] | None = None
 
 
 def frames_from_traceback(
