@@ -8,18 +8,21 @@ from ``logging.config.dictConfig`` and from ``fileConfig`` INI ``args``/``kwargs
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import logging
-import sys
 from collections.abc import Iterable
 from typing import Any
 
 from posthog_errors import _guard
 from posthog_errors._event_dict import read_event_dict
 from posthog_errors._levels import LevelAllowList, posthog_level
+from posthog_errors._log_message import (
+    RECORD_MARK,
+    call_site_frames,
+    fingerprint,
+    was_sent_by_structlog,
+)
 from posthog_errors._reporter import BeforeSend, Reporter
-from posthog_errors._snapshot import frames_from_stack
 from posthog_errors._stats import STATS
 
 __all__ = ["DEFAULT_IGNORED_LOGGERS", "PostHogHandler"]
@@ -131,13 +134,12 @@ class PostHogHandler(logging.Handler):
                 session_id=session_id,
                 properties=properties,
             )
-        elif self.capture_messages:
-            frames, omitted = frames_from_stack(
-                sys._getframe(1), self.reporter.options.max_frames, _is_logging_module
-            )
+        elif self.capture_messages and not was_sent_by_structlog(record, message):
+            setattr(record, RECORD_MARK, True)
+            frames, omitted = call_site_frames(self.reporter.options.max_frames)
             self.reporter.capture_message(
                 message,
-                fingerprint=_fingerprint(record.name, template),
+                fingerprint=fingerprint(record.name, template),
                 frames=frames,
                 frames_omitted=omitted,
                 level=level,
@@ -170,23 +172,6 @@ def _message(record: logging.LogRecord) -> str:
 
 def _template(record: logging.LogRecord) -> str:
     return record.msg if isinstance(record.msg, str) else str(record.msg)
-
-
-def _fingerprint(logger_name: str, template: str) -> str:
-    """One issue per (logger, unformatted template), whatever the arguments."""
-    if len(template) <= 200:
-        return f"{logger_name}:{template}"
-    digest = hashlib.sha256(template.encode("utf-8", "replace")).hexdigest()[:16]
-    return f"{logger_name}:{template[:100]}...{digest}"
-
-
-def _is_logging_module(module: str | None) -> bool:
-    return module is not None and (
-        module == "logging"
-        or module.startswith("logging.")
-        or module == "structlog"
-        or module.startswith("structlog.")
-    )
 
 
 def _logger_matches(name: str, pattern: str) -> bool:
