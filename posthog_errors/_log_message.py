@@ -46,16 +46,19 @@ def fingerprint(logger_name: str, template: str) -> str:
 
 
 def call_site_frames(max_frames: int) -> tuple[tuple[FrameRef, ...], int]:
-    """The stack of the logging call, without logging's, structlog's or our frames."""
+    """The stack of the logging call, without logging's, structlog's, sentry-sdk's or our
+    frames."""
     return frames_from_stack(sys._getframe(1), max_frames, _is_logging_module)
+
+
+# Frames between the app's logging call and a handler: logging and structlog themselves,
+# and sentry-sdk's logging integration, which patches ``Logger.callHandlers``.
+_LOGGING_PACKAGES = ("logging", "structlog", "sentry_sdk")
 
 
 def _is_logging_module(module: str | None) -> bool:
     return module is not None and (
-        module == "logging"
-        or module.startswith("logging.")
-        or module == "structlog"
-        or module.startswith("structlog.")
+        module in _LOGGING_PACKAGES or module.partition(".")[0] in _LOGGING_PACKAGES
     )
 
 
