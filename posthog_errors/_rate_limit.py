@@ -10,7 +10,14 @@ import threading
 import time
 from collections.abc import Hashable
 
-__all__ = ["DEFAULT_BURST", "DEFAULT_PER_SECOND", "RateLimiter", "allow", "configure"]
+__all__ = [
+    "DEFAULT_BURST",
+    "DEFAULT_PER_SECOND",
+    "RateLimiter",
+    "allow",
+    "configure",
+    "enabled",
+]
 
 DEFAULT_BURST = 10
 DEFAULT_PER_SECOND = 1.0
@@ -57,6 +64,10 @@ def configure(limit: tuple[int, float] | None) -> None:
     """``(burst, per_second)`` for every entry point, or None to turn rate limiting off."""
     global _limiter
     _limiter = None if limit is None else RateLimiter(*limit)
+
+
+def enabled() -> bool:
+    return _limiter is not None
 
 
 def allow(key: Hashable) -> bool:

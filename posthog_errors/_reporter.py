@@ -131,7 +131,7 @@ class Reporter:
         if not _dedupe.claim(exc, event_uuid):
             STATS.add("deduplicated")
             return None
-        if not _rate_limit.allow(fingerprint or _failure_site(exc)):
+        if _rate_limit.enabled() and not _rate_limit.allow(fingerprint or _failure_site(exc)):
             STATS.add("rate_limited")
             return None
         options = self.options

@@ -62,10 +62,12 @@ def test_integration_links_both_sides_for_capture_exception(
     capture_server: CaptureServer, sentry_server: SentryServer, posthog_client: posthog.Posthog
 ) -> None:
     integration = PostHogIntegration(posthog_client, organization="my-org", project_id=12345)
-    with sentry_initialised(sentry_server.dsn, integrations=[integration]):
-        with sentry_sdk.isolation_scope():
-            sentry_sdk.set_tag(posthog_errors.POSTHOG_ID_TAG, "user_123")
-            event_id = sentry_sdk.capture_exception(caught())
+    with (
+        sentry_initialised(sentry_server.dsn, integrations=[integration]),
+        sentry_sdk.isolation_scope(),
+    ):
+        sentry_sdk.set_tag(posthog_errors.POSTHOG_ID_TAG, "user_123")
+        event_id = sentry_sdk.capture_exception(caught())
     sentry_event = one_sentry_event(sentry_server)
     assert sentry_event["event_id"] == event_id
     assert sentry_event["tags"]["posthog_distinct_id"] == "user_123"
@@ -127,9 +129,11 @@ def test_send_exceptions_to_posthog_false_only_tags_sentry(
     capture_server: CaptureServer, sentry_server: SentryServer, posthog_client: posthog.Posthog
 ) -> None:
     integration = PostHogIntegration(posthog_client, send_exceptions_to_posthog=False)
-    with sentry_initialised(sentry_server.dsn, integrations=[integration]):
-        with posthog_errors.bind("tagged-only"):
-            sentry_sdk.capture_exception(caught())
+    with (
+        sentry_initialised(sentry_server.dsn, integrations=[integration]),
+        posthog_errors.bind("tagged-only"),
+    ):
+        sentry_sdk.capture_exception(caught())
     assert one_sentry_event(sentry_server)["tags"]["posthog_distinct_id"] == "tagged-only"
     assert posthog_errors.flush(5)
     assert capture_server.wait_for_events(1, timeout=1) == []
