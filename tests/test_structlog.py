@@ -1,0 +1,239 @@
+"""PostHogProcessor with real structlog: native chains, stdlib chains, foreign_pre_chain."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import structlog
+
+import posthog_errors
+from posthog_errors import PostHogHandler
+from posthog_errors._reporter import Reporter
+from posthog_errors.capture_server import CaptureServer
+from posthog_errors.structlog import PostHogProcessor
+
+
+@pytest.fixture(autouse=True)
+def reset_structlog() -> Iterator[None]:
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
+    yield
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
+
+
+@pytest.fixture
+def stdlib_logger() -> Iterator[logging.Logger]:
+    logger = logging.getLogger("test.structlog.app")
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+    yield logger
+    logger.handlers = []
+
+
+def fail(message: str = "card declined") -> None:
+    raise ValueError(message)
+
+
+def sent(server: CaptureServer, count: int) -> list[dict[str, Any]]:
+    assert posthog_errors.flush(5)
+    events = server.wait_for_events(count, timeout=5)
+    # wait a little more for any duplicate, which would break the counts below
+    extra = server.wait_for_events(count + 1, timeout=0.3)
+    assert len(extra) == count, [e["properties"]["$exception_list"][0]["value"] for e in extra]
+    return events
+
+
+def native_chain(processor: PostHogProcessor, output: io.StringIO) -> None:
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            processor,
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        logger_factory=structlog.PrintLoggerFactory(file=output),
+        cache_logger_on_first_use=False,
+    )
+
+
+def test_native_chain_with_merge_contextvars(
+    capture_server: CaptureServer, reporter: Reporter
+) -> None:
+    output = io.StringIO()
+    native_chain(PostHogProcessor(reporter=reporter), output)
+    log = structlog.get_logger()
+    structlog.contextvars.bind_contextvars(distinct_id="ctx-user", session_id="sess-1")
+    try:
+        fail()
+    except ValueError:
+        log.exception("payment failed", order_id=42, api_token="secret-value")
+    log.info("just info")  # not in the allow list
+    [event] = sent(capture_server, 1)
+    props = event["properties"]
+    assert event["distinct_id"] == "ctx-user"
+    assert props["$session_id"] == "sess-1"
+    assert props["$exception_source"] == "python.structlog"
+    assert props["$exception_level"] == "error"
+    assert props["log_message"] == "payment failed"
+    assert props["order_id"] == 42
+    assert "api_token" not in props  # secret-looking keys are left out
+    entry = props["$exception_list"][0]
+    assert (entry["type"], entry["mechanism"]["type"]) == ("ValueError", "structlog")
+    # The event dict went on unchanged: format_exc_info still found exc_info after us.
+    rendered = [json.loads(line) for line in output.getvalue().splitlines()]
+    assert "ValueError: card declined" in rendered[0]["exception"]
+
+
+def test_without_add_log_level_and_with_exc_info_true(
+    capture_server: CaptureServer, reporter: Reporter
+) -> None:
+    structlog.configure(
+        processors=[PostHogProcessor(reporter=reporter), structlog.processors.KeyValueRenderer()],
+        logger_factory=structlog.PrintLoggerFactory(file=io.StringIO()),
+    )
+    log = structlog.get_logger()
+    try:
+        fail("with exc_info=True")
+    except ValueError:
+        log.error("failed", exc_info=True, distinct_id="dict-user")
+    log.critical("disk full")
+    log.warning("not allowed")
+    events = sent(capture_server, 2)
+    by_type = {e["properties"]["$exception_list"][0]["type"]: e for e in events}
+    assert by_type["ValueError"]["distinct_id"] == "dict-user"
+    assert by_type["ValueError"]["properties"]["$exception_level"] == "error"
+    assert by_type["LogMessage"]["properties"]["$exception_level"] == "fatal"
+
+
+def test_stdlib_chain_with_processor_formatter_and_handler_sends_each_failure_once(
+    capture_server: CaptureServer, reporter: Reporter, stdlib_logger: logging.Logger
+) -> None:
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.stdlib.add_log_level,
+            PostHogProcessor(reporter=reporter),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+    rendered = io.StringIO()
+    console = logging.StreamHandler(rendered)
+    console.setFormatter(
+        structlog.stdlib.ProcessorFormatter(processor=structlog.processors.JSONRenderer())
+    )
+    stdlib_logger.handlers = [console, PostHogHandler(reporter=reporter)]
+    log = structlog.get_logger("test.structlog.app")
+    try:
+        fail("through both doors")
+    except ValueError:
+        log.error("checkout failed", exc_info=True)
+    for order in (1, 2):
+        log.error("order failed", order_id=order)
+    events = sent(capture_server, 3)
+    values = sorted(e["properties"]["$exception_list"][0]["value"] for e in events)
+    assert values == ["order failed", "order failed", "through both doors"]
+    assert not any("{'" in value or '{"' in value for value in values)  # never str(dict)
+    messages = [e for e in events if e["properties"]["$exception_list"][0]["type"] == "LogMessage"]
+    assert {e["properties"]["$exception_fingerprint"] for e in messages} == {
+        "test.structlog.app:order failed"
+    }
+    assert sorted(e["properties"]["order_id"] for e in messages) == [1, 2]
+    assert len(rendered.getvalue().splitlines()) >= 3  # the app's own output is untouched
+
+
+def test_foreign_pre_chain_and_handler_send_a_stdlib_record_once(
+    capture_server: CaptureServer, reporter: Reporter, stdlib_logger: logging.Logger
+) -> None:
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.add_log_level, PostHogProcessor(reporter=reporter)],
+        processor=structlog.processors.JSONRenderer(),
+    )
+    console = logging.StreamHandler(io.StringIO())
+    console.setFormatter(formatter)
+    for handlers in (
+        [console, PostHogHandler(reporter=reporter)],
+        [PostHogHandler(reporter=reporter), console],
+    ):
+        stdlib_logger.handlers = handlers
+        stdlib_logger.error("plain stdlib error %s", len(handlers))
+    events = sent(capture_server, 2)
+    assert {e["properties"]["$exception_list"][0]["value"] for e in events} == {
+        "plain stdlib error 2"
+    }
+
+
+def test_threads_through_one_processor_keep_their_own_ids(
+    capture_server: CaptureServer, reporter: Reporter
+) -> None:
+    native_chain(PostHogProcessor(reporter=reporter), io.StringIO())
+    log = structlog.get_logger()
+    barrier = threading.Barrier(8)
+
+    def worker(i: int) -> None:
+        structlog.contextvars.bind_contextvars(distinct_id=f"thread-{i}")
+        barrier.wait()
+        try:
+            fail(f"failure in thread {i}")
+        except ValueError:
+            log.exception("thread failed")
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    events = sent(capture_server, 8)
+    for event in events:
+        value = event["properties"]["$exception_list"][0]["value"]
+        assert event["distinct_id"] == "thread-" + value.rsplit(" ", 1)[-1]
+
+
+def test_misplaced_after_format_exc_info_warns_once(reporter: Reporter) -> None:
+    structlog.configure(
+        processors=[
+            structlog.processors.format_exc_info,
+            PostHogProcessor(reporter=reporter),
+            structlog.processors.KeyValueRenderer(),
+        ],
+        logger_factory=structlog.PrintLoggerFactory(file=io.StringIO()),
+    )
+    log = structlog.get_logger()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            try:
+                fail()
+            except ValueError:
+                log.exception("too late to see it")
+    assert [str(w.message)[:40] for w in caught] == ["PostHogProcessor runs after format_exc_i"]
+
+
+def test_the_processor_never_raises_and_returns_the_dict_unchanged(
+    capture_server: CaptureServer, reporter: Reporter
+) -> None:
+    class Hostile:
+        def __repr__(self) -> str:
+            raise RuntimeError("no repr for you")
+
+    processor = PostHogProcessor(reporter=reporter)
+    exc = ValueError("x")
+    event_dict = {"event": "odd values", "level": "error", "thing": Hostile(), "exc_info": exc}
+    before = dict(event_dict)
+    assert processor(None, "error", event_dict) is event_dict
+    assert event_dict == before
+    [event] = sent(capture_server, 1)
+    assert event["properties"]["thing"] == "<unrepresentable Hostile>"
+    with pytest.raises(ValueError, match="levels"):
+        PostHogProcessor(reporter=reporter, levels=["loud"])
