@@ -29,6 +29,7 @@ __all__ = ["DEFAULT_QUEUE_SIZE", "DeliveryWorker", "worker"]
 DEFAULT_QUEUE_SIZE = 1000
 DEFAULT_SHUTDOWN_TIMEOUT = 2.0
 _IDLE_WAIT = 1.0
+_BATCH_DELAY = 0.02
 
 
 class DeliveryWorker:
@@ -107,6 +108,10 @@ class DeliveryWorker:
             while True:
                 self._wakeup.wait(_IDLE_WAIT)
                 self._wakeup.clear()
+                if self._queue and not self._hurry.is_set():
+                    # Let a burst finish first: while the app is still capturing, building
+                    # payloads here would only compete with it for the GIL.
+                    self._hurry.wait(_BATCH_DELAY)
                 while self._queue:
                     snapshot = self._queue.popleft()
                     self._wait_until(snapshot.not_before)
@@ -192,7 +197,9 @@ def worker() -> DeliveryWorker:
 
 def _after_fork_in_child() -> None:
     from posthog_errors import _dedupe, _rate_limit
+    from posthog_errors._snapshot import UUIDS
 
+    UUIDS._after_fork_in_child()
     STATS._after_fork_in_child()
     _rate_limit._after_fork_in_child()
     _guard._after_fork_in_child()

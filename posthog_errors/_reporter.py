@@ -12,7 +12,6 @@ import datetime
 import logging
 import threading
 import time
-import uuid as uuid_module
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -22,7 +21,13 @@ from posthog_errors._delivery import worker
 from posthog_errors._frames import FrameBuilder
 from posthog_errors._options import PayloadOptions, as_names
 from posthog_errors._payload import LEVELS, MESSAGE_TYPE, build_properties
-from posthog_errors._snapshot import EventSnapshot, ExceptionSnapshot, FrameRef, walk_exceptions
+from posthog_errors._snapshot import (
+    UUIDS,
+    EventSnapshot,
+    ExceptionSnapshot,
+    FrameRef,
+    walk_exceptions,
+)
 from posthog_errors._stats import STATS
 
 __all__ = [
@@ -127,7 +132,7 @@ class Reporter:
         if self.ignore and isinstance(exc, self.ignore):
             STATS.add("filtered")
             return None
-        event_uuid = str(uuid_module.uuid4())
+        event_uuid = UUIDS.new()
         if not _dedupe.claim(exc, event_uuid):
             STATS.add("deduplicated")
             return None
@@ -183,7 +188,7 @@ class Reporter:
                 synthetic_value=message,
             )
             return self._submit(
-                str(uuid_module.uuid4()),
+                UUIDS.new(),
                 None,
                 [entry],
                 level,
@@ -224,7 +229,7 @@ class Reporter:
                 STATS.add("rate_limited")
                 return None
             return self._submit(
-                str(uuid_module.uuid4()),
+                UUIDS.new(),
                 None,
                 [],
                 level,
@@ -301,7 +306,7 @@ class Reporter:
             properties = filtered
         distinct_id = snapshot.distinct_id
         if not distinct_id:
-            distinct_id = str(uuid_module.uuid4())
+            distinct_id = UUIDS.new()
             properties["$process_person_profile"] = False
         client = snapshot.client
         try:

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
+import os
+import random
 import sys
 from collections.abc import Callable
 from types import CodeType, FrameType, TracebackType
 from typing import Any, Protocol
 
 __all__ = [
+    "UUIDS",
     "EventSnapshot",
     "ExceptionSnapshot",
     "FrameRef",
@@ -78,6 +81,33 @@ class EventSnapshot:
     not_before: float = 0.0  # time.monotonic() before which the worker should not build it
     # An $exception_list built elsewhere (from a Sentry event with no live exception).
     prebuilt_exceptions: list[dict[str, Any]] | None = None
+
+
+class _UuidSource:
+    """uuid4 strings without a system call per event.
+
+    ``uuid.uuid4()`` reads ``os.urandom``, a system call that releases the GIL: on a busy
+    process the capturing thread may then wait for another thread to hand the GIL back,
+    which is most of what a capture costs. Event ids need to be unique, not secret, so a
+    generator seeded from ``os.urandom`` (and reseeded in a forked child, or parent and
+    child would produce the same ids) does.
+    """
+
+    def __init__(self) -> None:
+        self._random = random.Random(os.urandom(32))
+
+    def new(self) -> str:
+        bits = self._random.getrandbits(128)
+        bits = (bits & ~(0xF000 << 64)) | (0x4000 << 64)  # version 4
+        bits = (bits & ~(0xC000 << 48)) | (0x8000 << 48)  # RFC 4122 variant
+        text = f"{bits:032x}"
+        return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+    def _after_fork_in_child(self) -> None:
+        self._random = random.Random(os.urandom(32))
+
+
+UUIDS = _UuidSource()
 
 
 def frames_from_traceback(
