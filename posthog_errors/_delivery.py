@@ -38,6 +38,7 @@ class DeliveryWorker:
     def __init__(self, max_queue: int = DEFAULT_QUEUE_SIZE) -> None:
         self.max_queue = max_queue
         self.shutdown_timeout = DEFAULT_SHUTDOWN_TIMEOUT
+        self._redirect: Callable[[EventSnapshot], None] | None = None
         self._init_state()
         self._exit_registered = False
 
@@ -56,8 +57,24 @@ class DeliveryWorker:
 
     # -- caller's thread -------------------------------------------------------------
 
+    @property
+    def redirected(self) -> bool:
+        return self._redirect is not None
+
+    def redirect(
+        self, sink: Callable[[EventSnapshot], None] | None
+    ) -> Callable[[EventSnapshot], None] | None:
+        """Hand snapshots to ``sink`` on the caller's thread instead of queueing them (for
+        ``posthog_errors.testing``); None restores the queue. Returns the previous sink."""
+        previous, self._redirect = self._redirect, sink
+        return previous
+
     def submit(self, snapshot: EventSnapshot) -> bool:
         """Queue a snapshot; False (and counted as dropped) when the queue is full."""
+        sink = self._redirect
+        if sink is not None:
+            sink(snapshot)
+            return True
         if len(self._queue) >= self.max_queue or self._stopping:
             STATS.add("dropped")
             return False

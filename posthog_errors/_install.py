@@ -126,7 +126,8 @@ def install(
         delivery = worker()
         delivery.max_queue = max_queue_size
         delivery.shutdown_timeout = float(shutdown_timeout)
-        reporter.client_source.resolve()  # build the client (or warn) now, not at first error
+        if not delivery.redirected:  # (posthog_errors.testing needs no client)
+            reporter.client_source.resolve()  # build the client (or warn) now, not later
 
         installation = Installation(reporter, handler)
         installation._previous_default = _reporter.set_default_reporter(reporter)

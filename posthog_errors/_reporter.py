@@ -12,7 +12,7 @@ import datetime
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
 from posthog_errors import _context, _dedupe, _extensions, _guard, _rate_limit
@@ -136,7 +136,7 @@ class Reporter:
         if not _dedupe.claim(exc, event_uuid):
             STATS.add("deduplicated")
             return None
-        if _rate_limit.enabled() and not _rate_limit.allow(fingerprint or _failure_site(exc)):
+        if _rate_limited(lambda: fingerprint or _failure_site(exc)):
             STATS.add("rate_limited")
             return None
         options = self.options
@@ -176,7 +176,7 @@ class Reporter:
             return None
         try:
             STATS.add("captured")
-            if not _rate_limit.allow(fingerprint):
+            if _rate_limited(lambda: fingerprint):
                 STATS.add("rate_limited")
                 return None
             entry = ExceptionSnapshot(
@@ -225,7 +225,7 @@ class Reporter:
         try:
             STATS.add("captured")
             root = exception_list[0]
-            if not _rate_limit.allow(fingerprint or (root.get("type"), root.get("value"))):
+            if _rate_limited(lambda: fingerprint or (root.get("type"), root.get("value"))):
                 STATS.add("rate_limited")
                 return None
             return self._submit(
@@ -265,8 +265,10 @@ class Reporter:
         if level not in LEVELS:
             STATS.add("invalid_input")
             level = "error"
-        client = self.client_source.resolve()
-        if client is None:
+        delivery = worker()
+        # Redirected (posthog_errors.testing): events go to a list, no client needed.
+        client = None if delivery.redirected else self.client_source.resolve()
+        if client is None and not delivery.redirected:
             STATS.add("dropped")
             return None
         distinct_id, session_id, bound = _context.resolve(exc, distinct_id, session_id)
@@ -289,12 +291,12 @@ class Reporter:
             prebuilt_exceptions=prebuilt,
         )
         _extensions.run_capture_hooks(exc, snapshot)
-        return event_uuid if worker().submit(snapshot) else None
+        return event_uuid if delivery.submit(snapshot) else None
 
     # -- worker thread ---------------------------------------------------------------
 
-    def deliver(self, snapshot: EventSnapshot) -> Any:
-        """Build the payload and hand it to the client. Returns the client used."""
+    def build_event(self, snapshot: EventSnapshot) -> dict[str, Any] | None:
+        """The event as it is handed to the client; None when ``before_send`` dropped it."""
         properties = build_properties(snapshot, self.frames)
         if snapshot.late is not None:
             properties.update(snapshot.late.wait(_LATE_PROPERTIES_TIMEOUT))
@@ -308,16 +310,28 @@ class Reporter:
         if not distinct_id:
             distinct_id = UUIDS.new()
             properties["$process_person_profile"] = False
+        timestamp = datetime.datetime.fromtimestamp(snapshot.timestamp, datetime.timezone.utc)
+        return {
+            "event": "$exception",
+            "distinct_id": distinct_id,
+            "uuid": snapshot.uuid,
+            "timestamp": timestamp,
+            "properties": properties,
+        }
+
+    def deliver(self, snapshot: EventSnapshot) -> Any:
+        """Build the event and hand it to the client. Returns the client used."""
+        event = self.build_event(snapshot)
+        if event is None:
+            return None
         client = snapshot.client
         try:
             accepted = client.capture(
                 "$exception",
-                distinct_id=distinct_id,
-                properties=properties,
-                timestamp=datetime.datetime.fromtimestamp(
-                    snapshot.timestamp, datetime.timezone.utc
-                ),
-                uuid=snapshot.uuid,
+                distinct_id=event["distinct_id"],
+                properties=event["properties"],
+                timestamp=event["timestamp"],
+                uuid=event["uuid"],
             )
         except Exception:
             logger.warning("the posthog client raised while capturing an event", exc_info=True)
@@ -339,6 +353,14 @@ class Reporter:
         logger.warning("before_send returned %r, not a dict or None; ignored", type(result))
         STATS.add("invalid_input")
         return properties
+
+
+def _rate_limited(key: Callable[[], Hashable]) -> bool:
+    """Whether this failure site is over its rate; the key is computed only when needed.
+    Never while ``posthog_errors.testing`` collects events: tests assert on every one."""
+    if not _rate_limit.enabled() or worker().redirected:
+        return False
+    return not _rate_limit.allow(key())
 
 
 def _failure_site(exc: BaseException) -> tuple[object, ...]:
