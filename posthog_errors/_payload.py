@@ -85,13 +85,20 @@ def _builder(options: PayloadOptions) -> FrameBuilder:
     return FrameBuilder(options)
 
 
-def build_properties(snapshot: EventSnapshot, builder: FrameBuilder) -> dict[str, Any]:
-    """Build the event properties for a snapshot; the caller adds client-side context."""
+def build_properties(
+    snapshot: EventSnapshot, builder: FrameBuilder, *, share_frames: bool = False
+) -> dict[str, Any]:
+    """Build the event properties for a snapshot; the caller adds client-side context.
+
+    Frame dicts are cached per code location and shared between events. They are copied
+    into each payload unless ``share_frames``: safe only when nothing will change the
+    payload before the posthog client copies it (no ``before_send``).
+    """
     options = builder.options
     entries: list[dict[str, Any]] = []
     sizes: list[int] = []
     for entry in snapshot.exceptions:
-        payload, size = _exception_entry(entry, snapshot, builder)
+        payload, size = _exception_entry(entry, snapshot, builder, share_frames)
         entries.append(payload)
         sizes.append(size)
     if snapshot.prebuilt_exceptions:
@@ -118,7 +125,7 @@ def build_properties(snapshot: EventSnapshot, builder: FrameBuilder) -> dict[str
 
 
 def _exception_entry(
-    entry: ExceptionSnapshot, snapshot: EventSnapshot, builder: FrameBuilder
+    entry: ExceptionSnapshot, snapshot: EventSnapshot, builder: FrameBuilder, share_frames: bool
 ) -> tuple[dict[str, Any], int]:
     limit = builder.options.max_value_length
     exc = entry.exception
@@ -137,10 +144,12 @@ def _exception_entry(
         frames = []
         for code, lineno, frame_module in entry.frames:
             cached, frame_size = builder.frame(code, lineno, frame_module)
-            # A copy: the cached dict is shared by every event from this line, and a
-            # before_send that scrubs frames must not change the next event.
+            # A copy unless shared: the cached dict is used by every event from this line,
+            # and a before_send that scrubs frames must not change the next event.
             frames.append(
-                {
+                cached
+                if share_frames
+                else {
                     **cached,
                     "pre_context": list(cached["pre_context"]),
                     "post_context": list(cached["post_context"]),
@@ -186,14 +195,21 @@ def _shrink(entries: list[dict[str, Any]], budget: int) -> None:
         frames: list[dict[str, Any]] = entry.get("stacktrace", {}).get("frames", [])
         return frames
 
+    def replace_frames(**changes: Any) -> None:
+        # New frame dicts, never edits: frames may be the cached ones, shared by events.
+        for entry in entries:
+            if "stacktrace" in entry:
+                entry["stacktrace"] = {
+                    **entry["stacktrace"],
+                    "frames": [{**frame, **changes} for frame in frames_of(entry)],
+                }
+
     def fits() -> bool:
         return len(json.dumps(entries).encode()) <= budget
 
     if fits():
         return
-    for entry in entries:
-        for frame in frames_of(entry):
-            frame["pre_context"], frame["post_context"] = [], []
+    replace_frames(pre_context=[], post_context=[])
     if fits():
         return
     for entry in entries:
@@ -202,9 +218,8 @@ def _shrink(entries: list[dict[str, Any]], budget: int) -> None:
             entry["stacktrace"]["frames"] = frames[:10] + frames[-10:]
     if fits():
         return
+    replace_frames(context_line=None)
     for entry in entries:
-        for frame in frames_of(entry):
-            frame["context_line"] = None
         entry["value"] = entry["value"][:1024]
     for entry in reversed(entries[1:]):
         if fits():

@@ -295,9 +295,16 @@ class Reporter:
 
     # -- worker thread ---------------------------------------------------------------
 
-    def build_event(self, snapshot: EventSnapshot) -> dict[str, Any] | None:
-        """The event as it is handed to the client; None when ``before_send`` dropped it."""
-        properties = build_properties(snapshot, self.frames)
+    def build_event(
+        self, snapshot: EventSnapshot, *, for_client: bool = False
+    ) -> dict[str, Any] | None:
+        """The event as it is handed to the client; None when ``before_send`` dropped it.
+
+        ``for_client``: the event goes straight to the posthog client, which copies it
+        while cleaning, so cached frames can be shared when no ``before_send`` runs.
+        """
+        share = for_client and self.before_send is None
+        properties = build_properties(snapshot, self.frames, share_frames=share)
         if snapshot.late is not None:
             properties.update(snapshot.late.wait(_LATE_PROPERTIES_TIMEOUT))
         if self.before_send is not None:
@@ -321,7 +328,7 @@ class Reporter:
 
     def deliver(self, snapshot: EventSnapshot) -> Any:
         """Build the event and hand it to the client. Returns the client used."""
-        event = self.build_event(snapshot)
+        event = self.build_event(snapshot, for_client=True)
         if event is None:
             return None
         client = snapshot.client

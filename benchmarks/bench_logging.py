@@ -1,0 +1,938 @@
+"""What logging through ``PostHogHandler`` costs the calling thread, against the peers.
+
+Usage::
+
+    python benchmarks/bench_logging.py              # full run, under two minutes
+    python benchmarks/bench_logging.py --quick      # smoke run, a few seconds
+    python benchmarks/bench_logging.py --write-doc  # also rewrite docs/performance.md
+
+Two scenarios, every figure a ratio against a peer measured in the same run:
+
+1. **A filtered-out record.** ``logger.info("user %s logged in", 42)`` on a logger at DEBUG
+   (so the record is made) whose one handler is ``logging.NullHandler``, ``PostHogHandler``
+   (default ``levels=error,fatal``), or ``PostHogHandler(levels="debug,error")`` (an
+   allow list with a gap at INFO, so the record reaches ``handle()`` and is refused there);
+   and sentry-sdk's default ``LoggingIntegration`` over a ``NullHandler``. Target from the
+   issue: ``PostHogHandler`` within 5% of ``NullHandler``.
+2. **The caller-thread cost of ``logger.exception``** for a ``ValueError`` raised 30 frames
+   deep, always at the same site: through ``PostHogHandler``, through sentry-sdk's logging
+   integration, and ``Posthog.capture_exception`` of posthog-python.
+
+Every library runs in its own child process (sentry-sdk patches ``logging`` for the whole
+process), against a PostHog capture server and a Sentry envelope endpoint on 127.0.0.1 that
+run in one more child process, so their work is charged to no library. No network is used
+beyond 127.0.0.1. The exit status is 1 when the run itself is broken (a child failed, an
+event was dropped or not received), never because of the figures: speed is measured here,
+not asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import gc
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import types
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+SCRIPT = Path(__file__).resolve()
+REPO_ROOT = SCRIPT.parent.parent
+if str(REPO_ROOT) not in sys.path:  # runnable from a checkout without installing
+    sys.path.insert(0, str(REPO_ROOT))
+
+DOC_PATH = REPO_ROOT / "docs" / "performance.md"
+DOC_START = "<!-- bench-logging:start -->"
+DOC_END = "<!-- bench-logging:end -->"
+DOC_HEADING = "## Logging overhead"  # written above the markers only when they are absent
+API_KEY = "phc_benchmark_logging"
+DEPTH = 30  # frames in every logged exception's traceback
+MU = "\u00b5"  # the micro sign, spelled out so the source stays ASCII
+FILTERED_TARGET = 1.05  # PostHogHandler / NullHandler, from the issue; reported, not asserted
+INFO_MESSAGE = "user %s logged in"
+ERROR_MESSAGE = "request %s failed"
+
+
+# -- configuration -------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    filtered_reps: int  # timed loops per variant (variants take turns, in rotating order)
+    filtered_loop: int  # logger.info calls per timed loop
+    exc_reps: int  # repetitions of the logger.exception scenario
+    exc_per_rep: int  # timed calls per repetition
+    batch: int  # calls between two flushes of the background threads
+    warmup: int  # untimed calls before anything is timed
+
+
+FULL = Config(
+    filtered_reps=60,
+    filtered_loop=5_000,
+    exc_reps=9,
+    exc_per_rep=200,
+    batch=10,
+    warmup=40,
+)
+QUICK = Config(
+    filtered_reps=20,
+    filtered_loop=2_000,
+    exc_reps=2,
+    exc_per_rep=30,
+    batch=10,
+    warmup=10,
+)
+
+
+# -- the servers, in a child process -------------------------------------------------
+
+_SERVER_CODE = r"""
+import gzip, json, sys, threading, zlib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from posthog_errors.capture_server import CaptureServer
+
+sentry_events = 0
+sentry_posts = 0
+cond = threading.Condition()
+
+
+def count_events(body, encoding):
+    try:
+        if encoding == "gzip" or body[:2] == b"\x1f\x8b":
+            body = gzip.decompress(body)
+        elif encoding == "deflate":
+            body = zlib.decompress(body)
+    except (OSError, EOFError, zlib.error):
+        return 0
+    count = 0
+    for line in body.split(b"\n"):
+        try:
+            item = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(item, dict) and item.get("type") == "event":
+            count += 1
+    return count
+
+
+class Envelopes(BaseHTTPRequestHandler):
+    # Answers every Sentry envelope with 200 and counts the events in it.
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # keep-alive: no 40 ms delayed-ACK stall per answer
+
+    def log_message(self, format, *args):
+        pass
+
+    def do_POST(self):
+        global sentry_events, sentry_posts
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        events = count_events(body, self.headers.get("Content-Encoding", "").strip().lower())
+        with cond:
+            sentry_posts += 1
+            sentry_events += events
+            cond.notify_all()
+        data = b'{"id":"0"}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+class Httpd(ThreadingHTTPServer):
+    daemon_threads = True
+
+
+sentry = Httpd(("127.0.0.1", 0), Envelopes)
+threading.Thread(target=sentry.serve_forever, args=(0.05,), daemon=True).start()
+with CaptureServer() as server:
+    print(server.url, f"http://public@127.0.0.1:{sentry.server_address[1]}/1", flush=True)
+    for line in sys.stdin:
+        command, *args = line.split()
+        reply = {}
+        if command == "wait":
+            posthog_n, sentry_n, timeout = int(args[0]), int(args[1]), float(args[2])
+            posthog = len(server.wait_for_events(posthog_n, timeout=timeout))
+            with cond:
+                cond.wait_for(lambda: sentry_events >= sentry_n, timeout)
+                reply = {"posthog": posthog, "sentry": sentry_events, "posts": sentry_posts}
+        elif command == "clear":
+            server.clear()
+            with cond:
+                sentry_events = sentry_posts = 0
+        elif command == "quit":
+            break
+        print(json.dumps(reply), flush=True)
+sentry.shutdown()
+"""
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+class ServerProcess:
+    """The PostHog capture server and the Sentry endpoint, driven over stdin/stdout."""
+
+    def __init__(self) -> None:
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", _SERVER_CODE],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=_child_env(),
+        )
+        first = self._readline().split()
+        if len(first) != 2 or not first[0].startswith("http://127.0.0.1:"):
+            raise SystemExit(f"the servers did not start: {first!r}")
+        self.posthog_url, self.sentry_dsn = first
+
+    def _readline(self) -> str:
+        stdout: IO[str] | None = self._process.stdout
+        assert stdout is not None
+        line = stdout.readline()
+        if not line:
+            raise SystemExit("the server process exited unexpectedly")
+        return line
+
+    def _command(self, *words: object) -> dict[str, int]:
+        stdin: IO[str] | None = self._process.stdin
+        assert stdin is not None
+        stdin.write(" ".join(str(w) for w in words) + "\n")
+        stdin.flush()
+        reply: dict[str, int] = json.loads(self._readline())
+        return reply
+
+    def wait(
+        self, posthog_events: int, sentry_events: int, timeout: float = 30.0
+    ) -> dict[str, int]:
+        """Block until that many events arrived (or the timeout); the counts received."""
+        return self._command("wait", posthog_events, sentry_events, timeout)
+
+    def clear(self) -> None:
+        self._command("clear")
+
+    def close(self) -> None:
+        with contextlib.suppress(SystemExit, OSError, ValueError):
+            self._command("quit")
+        try:
+            self._process.wait(5)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+
+# -- children: shared helpers ----------------------------------------------------------
+
+
+def _quiet_library_loggers() -> None:
+    # posthog and sentry-sdk log their own retries and warnings; the table owns stdout
+    # and nothing here should reach stderr through logging's last resort.
+    for name in ("posthog", "sentry_sdk", "sentry_sdk.errors", "backoff", "urllib3"):
+        logging.getLogger(name).addHandler(logging.NullHandler())
+        logging.getLogger(name).propagate = False
+
+
+def _bench_logger(name: str, handler: logging.Handler) -> logging.Logger:
+    """A logger at DEBUG (every record is made) with exactly one handler, not propagating."""
+    logger = logging.getLogger(name)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    for old in list(logger.handlers):
+        logger.removeHandler(old)
+    logger.addHandler(handler)
+    return logger
+
+
+def _progress(message: str) -> None:
+    print(f"... {message}", file=sys.stderr, flush=True)
+
+
+# -- scenario 1: a filtered-out record -------------------------------------------------
+
+
+@dataclasses.dataclass
+class Variant:
+    name: str
+    logger: logging.Logger
+    activate: Callable[[], None] = lambda: None  # run before each of its timed loops
+
+
+def _info_loop(logger: logging.Logger, n: int) -> float:
+    """ns per ``logger.info`` call over ``n`` calls, garbage collector paused (as timeit)."""
+    info = logger.info
+    calls = range(n)
+    clock = time.perf_counter_ns
+    gc.collect()
+    gc.disable()
+    try:
+        start = clock()
+        for _ in calls:
+            info(INFO_MESSAGE, 42)
+        elapsed = clock() - start
+    finally:
+        gc.enable()
+    return elapsed / n
+
+
+def measure_filtered(variants: list[Variant], config: Config) -> dict[str, list[float]]:
+    """Timed loops of every variant, taking turns in a rotating order: ns/call per loop."""
+    for variant in variants:  # warm up: caches of logging and of the handlers
+        variant.activate()
+        _info_loop(variant.logger, max(200, config.filtered_loop // 5))
+    results: dict[str, list[float]] = {v.name: [] for v in variants}
+    for rep in range(config.filtered_reps):
+        shift = rep % len(variants)
+        for variant in variants[shift:] + variants[:shift]:
+            variant.activate()
+            results[variant.name].append(_info_loop(variant.logger, config.filtered_loop))
+    return results
+
+
+def child_filtered(config: Config, posthog_url: str, sentry_dsn: str) -> dict[str, Any]:
+    """NullHandler, PostHogHandler and PostHogHandler with an allow-list gap, interleaved."""
+    import posthog
+
+    from posthog_errors import PostHogHandler
+
+    _quiet_library_loggers()
+    client = posthog.Posthog(API_KEY, host=posthog_url)
+    variants = [
+        Variant("null", _bench_logger("bench.null", logging.NullHandler())),
+        Variant("posthog", _bench_logger("bench.posthog", PostHogHandler(client=client))),
+        Variant(
+            "posthog_gap",
+            _bench_logger("bench.gap", PostHogHandler(client=client, levels="debug,error")),
+        ),
+    ]
+    results = measure_filtered(variants, config)
+    client.shutdown()
+    return {"loops": results}
+
+
+def child_filtered_sentry(config: Config, posthog_url: str, sentry_dsn: str) -> dict[str, Any]:
+    """sentry-sdk's patched ``Logger.callHandlers`` over a NullHandler, against the same
+    logger with the original ``callHandlers`` put back, taking turns in one process."""
+    import sentry_sdk
+
+    _quiet_library_loggers()
+    original = logging.Logger.callHandlers
+    sentry_sdk.init(
+        dsn=sentry_dsn,
+        default_integrations=True,  # among them LoggingIntegration, which patches logging
+        sample_rate=1.0,
+        release="bench",  # otherwise sentry-sdk runs `git rev-parse` to guess one
+    )
+    patched = logging.Logger.callHandlers
+    if patched is original:
+        raise SystemExit("sentry_sdk.init() did not patch logging.Logger.callHandlers")
+
+    def use(method: Callable[[logging.Logger, logging.LogRecord], None]) -> Callable[[], None]:
+        def activate() -> None:
+            logging.Logger.callHandlers = method  # type: ignore[method-assign,assignment]
+
+        return activate
+
+    logger = _bench_logger("bench.sentry", logging.NullHandler())
+    variants = [
+        Variant("null", logger, use(original)),
+        Variant("sentry", logger, use(patched)),
+    ]
+    try:
+        results = measure_filtered(variants, config)
+    finally:
+        logging.Logger.callHandlers = patched  # type: ignore[method-assign]
+    sentry_sdk.flush(timeout=10)
+    return {"loops": results}
+
+
+# -- scenario 2: logger.exception on the caller's thread ----------------------------------
+
+
+def _site_source() -> str:
+    """A module whose ``trigger(callback)`` raises a ValueError 30 frames deep and calls
+    ``callback(error)`` inside its ``except`` block, where ``logger.exception`` belongs."""
+    lines = [
+        '"""A failure site, generated by benchmarks/bench_logging.py."""',
+        "",
+        "",
+        "def trigger(callback):",
+        "    try:",
+        "        f1(0)",
+        "    except ValueError as error:",
+        "        return callback(error)",
+        '    raise AssertionError("f1 did not raise")',
+    ]
+    for i in range(1, DEPTH):
+        lines += ["", "", f"def f{i}(value):"]
+        if i < DEPTH - 1:
+            lines += [f"    result = f{i + 1}(value + 1)", "    return result * 2"]
+        else:
+            lines += [
+                '    message = "failure at depth %d" % value',
+                "    raise ValueError(message)",
+            ]
+    return "\n".join(lines) + "\n"
+
+
+Trigger = Callable[[Callable[[BaseException], object]], object]
+
+
+def _load_site(directory: Path) -> Trigger:
+    name = f"bench_logging_site_{os.getpid()}"
+    path = directory / f"{name}.py"
+    path.write_text(_site_source(), encoding="utf-8")
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # as a real import would; lets loaders find the source
+    spec.loader.exec_module(module)
+    trigger: Trigger = module.trigger
+    return trigger
+
+
+def _depth(exc: BaseException) -> int:
+    depth = 0
+    tb: types.TracebackType | None = exc.__traceback__
+    while tb is not None:
+        depth += 1
+        tb = tb.tb_next
+    return depth
+
+
+@dataclasses.dataclass
+class Contender:
+    call: Callable[[BaseException], object]  # runs inside the except block; this is timed
+    drain: Callable[[], None]  # wait until background threads delivered everything
+    accepted: Callable[[object], bool] = lambda result: True
+    rejected: int = 0
+
+
+def _timed_batch(trigger: Trigger, contender: Contender, n: int) -> list[tuple[int, int]]:
+    """``n`` calls, each in the ``except`` block of a fresh 30-frame ValueError; only the
+    call is timed: (wall ns, calling thread's CPU ns). Drained afterwards, untimed."""
+    samples: list[tuple[int, int]] = []
+    clock = time.perf_counter_ns
+    cpu_clock = time.thread_time_ns
+    call = contender.call
+
+    def timed(error: BaseException) -> None:
+        cpu = cpu_clock()
+        start = clock()
+        result = call(error)
+        end = clock()
+        samples.append((end - start, cpu_clock() - cpu))
+        if not contender.accepted(result):
+            contender.rejected += 1
+
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(n):
+            trigger(timed)
+    finally:
+        gc.enable()
+    contender.drain()
+    return samples
+
+
+def measure_exceptions(trigger: Trigger, contender: Contender, config: Config) -> dict[str, Any]:
+    depths: list[int] = []
+    trigger(lambda error: depths.append(_depth(error)))
+    if depths != [DEPTH]:
+        raise SystemExit(f"expected a {DEPTH}-frame traceback, got {depths}")
+    for start in range(0, config.warmup, config.batch):
+        _timed_batch(trigger, contender, min(config.batch, config.warmup - start))
+    contender.rejected = 0
+    walls: list[int] = []
+    cpus: list[int] = []
+    rep_medians: list[float] = []
+    for _ in range(config.exc_reps):
+        rep: list[tuple[int, int]] = []
+        for start in range(0, config.exc_per_rep, config.batch):
+            rep += _timed_batch(trigger, contender, min(config.batch, config.exc_per_rep - start))
+        walls += [wall for wall, _ in rep]
+        cpus += [cpu for _, cpu in rep]
+        rep_medians.append(statistics.median(wall for wall, _ in rep))
+    return {
+        "walls": walls,
+        "cpus": cpus,
+        "rep_medians": rep_medians,
+        "rejected": contender.rejected,
+        "events": config.warmup + config.exc_reps * config.exc_per_rep,
+    }
+
+
+def child_exc_ours(config: Config, posthog_url: str, sentry_dsn: str) -> dict[str, Any]:
+    import posthog
+
+    import posthog_errors
+    from posthog_errors import PostHogHandler, _rate_limit
+
+    _quiet_library_loggers()
+    # Every record must become an event, as with the other two libraries: turn off the
+    # per-site rate limit (on by default; it would refuse all but a burst of this site).
+    _rate_limit.configure(None)
+    client = posthog.Posthog(API_KEY, host=posthog_url)
+    logger = _bench_logger("bench.errors", PostHogHandler(client=client))
+
+    def call(error: BaseException) -> object:
+        logger.exception(ERROR_MESSAGE, 42)
+        return None
+
+    def drain() -> None:
+        if not posthog_errors.flush(30.0):
+            raise SystemExit("posthog_errors.flush() did not finish within 30 s")
+
+    with tempfile.TemporaryDirectory(prefix="bench_logging_") as tmp:
+        result = measure_exceptions(_load_site(Path(tmp)), Contender(call, drain), config)
+    client.shutdown()
+    result["stats"] = posthog_errors.stats()
+    return result
+
+
+def child_exc_sentry(config: Config, posthog_url: str, sentry_dsn: str) -> dict[str, Any]:
+    import sentry_sdk
+
+    _quiet_library_loggers()
+    sentry_sdk.init(
+        dsn=sentry_dsn,
+        default_integrations=True,
+        sample_rate=1.0,
+        release="bench",  # otherwise sentry-sdk runs `git rev-parse` to guess one
+    )
+    logger = _bench_logger("bench.errors", logging.NullHandler())
+
+    def call(error: BaseException) -> object:
+        logger.exception(ERROR_MESSAGE, 42)
+        return None
+
+    def drain() -> None:
+        sentry_sdk.flush(timeout=30)
+
+    with tempfile.TemporaryDirectory(prefix="bench_logging_") as tmp:
+        result = measure_exceptions(_load_site(Path(tmp)), Contender(call, drain), config)
+    sentry_sdk.flush(timeout=30)
+    return result
+
+
+def child_exc_posthog(config: Config, posthog_url: str, sentry_dsn: str) -> dict[str, Any]:
+    import posthog
+
+    _quiet_library_loggers()
+    client = posthog.Posthog(API_KEY, host=posthog_url)
+
+    def call(error: BaseException) -> object:
+        return client.capture_exception(error)
+
+    def drain() -> None:
+        client.flush(30.0)
+
+    contender = Contender(call, drain, accepted=lambda result: bool(result))
+    with tempfile.TemporaryDirectory(prefix="bench_logging_") as tmp:
+        result = measure_exceptions(_load_site(Path(tmp)), contender, config)
+    client.shutdown()
+    return result
+
+
+CHILDREN: dict[str, Callable[[Config, str, str], dict[str, Any]]] = {
+    "filtered": child_filtered,
+    "filtered-sentry": child_filtered_sentry,
+    "exc-ours": child_exc_ours,
+    "exc-sentry": child_exc_sentry,
+    "exc-posthog": child_exc_posthog,
+}
+
+
+def run_child(name: str, config: Config, server: ServerProcess) -> dict[str, Any]:
+    """Run one scenario in a fresh interpreter; its result is the last line of its stdout."""
+    command = [
+        sys.executable,
+        str(SCRIPT),
+        "--child",
+        name,
+        "--config",
+        json.dumps(dataclasses.asdict(config)),
+        "--posthog-url",
+        server.posthog_url,
+        "--sentry-dsn",
+        server.sentry_dsn,
+    ]
+    done = subprocess.run(
+        command, stdout=subprocess.PIPE, text=True, env=_child_env(), timeout=600, check=False
+    )
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        raise SystemExit(f"child {name!r} failed with exit status {done.returncode}")
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
+# -- reporting -------------------------------------------------------------------------
+
+
+def machine_info() -> dict[str, str]:
+    cpu_model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    cpu_model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+
+    def version(distribution: str) -> str:
+        try:
+            return importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            return "not installed"
+
+    return {
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "platform": platform.platform(terse=True),
+        "cpu": cpu_model,
+        "cpus": str(os.cpu_count()),
+        "posthog-errors": version("posthog-errors"),
+        "posthog-python": version("posthog"),
+        "sentry-sdk": version("sentry-sdk"),
+    }
+
+
+@dataclasses.dataclass
+class FilteredRow:
+    label: str
+    loops: list[float]  # ns per call, one per timed loop
+    baseline: list[float]  # the NullHandler loops it took turns with, same order
+
+    @property
+    def ns(self) -> float:
+        return statistics.median(self.loops)
+
+    @property
+    def ratio(self) -> float:
+        """Median of the per-turn ratios to the NullHandler loop of the same turn: drift
+        in machine speed during the run affects both sides of each ratio alike."""
+        return statistics.median(a / b for a, b in zip(self.loops, self.baseline, strict=True))
+
+    @property
+    def added_ns(self) -> float:
+        """Median, over turns, of the time added to the NullHandler loop of the same turn."""
+        return statistics.median(a - b for a, b in zip(self.loops, self.baseline, strict=True))
+
+    @property
+    def min_ratio(self) -> float:
+        return min(self.loops) / min(self.baseline)
+
+
+@dataclasses.dataclass
+class ExcRow:
+    label: str
+    data: dict[str, Any]
+
+    @property
+    def us(self) -> float:
+        return float(statistics.median(self.data["rep_medians"])) / 1000
+
+    @property
+    def cpu_us(self) -> float:
+        return float(statistics.median(self.data["cpus"])) / 1000
+
+    def percentile_us(self, q: float) -> float:
+        ordered = sorted(self.data["walls"])
+        return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))]) / 1000
+
+
+def _fmt(value: float) -> str:
+    return f"{value:,.2f}" if value < 10 else f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
+
+
+def _table(header: list[str], body: list[list[str]], markdown: bool) -> str:
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+        lines += ["| " + " | ".join(cells) + " |" for cells in body]
+        return "\n".join(lines)
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        first = cells[0].ljust(widths[0])
+        rest = (cell.rjust(width) for cell, width in zip(cells[1:], widths[1:], strict=True))
+        return "  ".join([first, *rest])
+
+    return "\n".join([line(header), "  ".join("-" * w for w in widths), *map(line, body)])
+
+
+def filtered_table(rows: list[FilteredRow], markdown: bool) -> str:
+    header = ["filtered-out logger.info, one handler", f"{MU}s/call", "added ns", "vs NullHandler"]
+    body = [
+        [row.label, _fmt(row.ns / 1000), f"{row.added_ns:+,.0f}", f"{row.ratio:.3f}"]
+        for row in rows
+    ]
+    return _table(header, body, markdown)
+
+
+def exc_table(rows: list[ExcRow], markdown: bool) -> str:
+    header = [
+        f"logger.exception, {DEPTH}-frame exception",
+        f"{MU}s/call",
+        f"on-CPU {MU}s",
+        "vs posthog-errors",
+    ]
+    ours = rows[0].us
+    body = [[row.label, _fmt(row.us), _fmt(row.cpu_us), f"{row.us / ours:,.1f}x"] for row in rows]
+    return _table(header, body, markdown)
+
+
+def _verdict(row: FilteredRow, quick: bool) -> str:
+    met = row.ratio <= FILTERED_TARGET
+    return (
+        f"PostHogHandler on a filtered-out record: {row.ratio:.3f}x NullHandler "
+        f"(target <= {FILTERED_TARGET:.2f}): {'met' if met else 'NOT MET'}"
+        + (" (--quick run: too few loops to settle a 5% question)" if quick else "")
+    )
+
+
+def _details(filtered: list[FilteredRow], exc: list[ExcRow]) -> list[str]:
+    lines = []
+    for row in filtered:
+        lines.append(
+            f"{row.label}: median {row.ns:,.0f} ns over {len(row.loops)} loops "
+            f"(min {min(row.loops):,.0f}, max {max(row.loops):,.0f}); ratio of minimums "
+            f"{row.min_ratio:.3f}; its NullHandler: median {statistics.median(row.baseline):,.0f}"
+            " ns"
+        )
+    for exc_row in exc:
+        spread = ", ".join(f"{m / 1000:,.1f}" for m in exc_row.data["rep_medians"])
+        lines.append(
+            f"{exc_row.label}: median {exc_row.us:,.1f} {MU}s, "
+            f"p10 {exc_row.percentile_us(0.1):,.1f}, p90 {exc_row.percentile_us(0.9):,.1f}, "
+            f"n={len(exc_row.data['walls'])}; per-repetition medians: {spread}; "
+            f"on-CPU median {exc_row.cpu_us:,.1f} {MU}s"
+        )
+    return lines
+
+
+METHOD_NOTE = (
+    "Method: `benchmarks/bench_logging.py` runs every library in its own child process, so "
+    "sentry-sdk's patch of `logging` touches nothing else, against a PostHog capture server "
+    "and a Sentry envelope endpoint on 127.0.0.1 in one more process. **Filtered-out "
+    'record:** a logger at DEBUG with one handler times `logger.info("user %s logged in", '
+    "42)` in loops of {loop:,} calls with the garbage collector paused, as `timeit` does; "
+    "the handlers take turns, in a rotating order, for {reps} loops each. The figure is the "
+    "median loop; the ratio is the median, over turns, of each loop against the "
+    "`NullHandler` loop of the same turn, so that a machine speeding up or slowing down "
+    "during the run cancels out (the median rather than the minimum, because the minimum "
+    "of a noisy shared machine is one lucky loop). `PostHogHandler` keeps its level at the "
+    "lowest allowed level, so `Logger.callHandlers` never calls it for an INFO record; with "
+    '`levels="debug,error"` the record reaches `handle()` and is refused by the allow list. '
+    "sentry-sdk is timed over a `NullHandler` with its patched `Logger.callHandlers`, taking "
+    'turns in the same process with the original method put back. "Added ns" is the '
+    "median, over turns, of the difference to that `NullHandler` loop. **logger.exception:** "
+    "each call logs a new `ValueError` raised {depth} frames deep at the same site and is "
+    "made inside the `except` block that caught it; only the call is timed, not the raise. "
+    "Calls run in batches of {batch} with the background threads (posthog-errors' worker, "
+    "the posthog client's sender, sentry-sdk's transport) flushed between batches, outside "
+    "the timed region; {reps_exc} repetitions of {per_rep} calls after {warmup} warm-up "
+    "calls; the figure is the median of the per-repetition medians. posthog-errors' per-site "
+    "rate limit is turned off so that every record becomes an event, as with the others. "
+    "posthog-python has no logging handler, so its row is `Posthog.capture_exception(exc)` "
+    "in the same `except` block. sentry-sdk's figure includes serializing its breadcrumb "
+    "buffer (up to 100 breadcrumbs, one per earlier record at INFO or above, here the earlier "
+    "`logger.exception` calls), as in any long-running process. On-CPU is the calling "
+    "thread's own CPU time (`time.thread_time`), which leaves out time spent waiting for the "
+    "GIL."
+)
+
+
+def render_doc_block(
+    info: dict[str, str],
+    filtered: list[FilteredRow],
+    exc: list[ExcRow],
+    details: list[str],
+    config: Config,
+    quick: bool,
+) -> str:
+    today = datetime.date.today().isoformat()
+    versions = ", ".join(
+        f"{lib} {info[lib]}" for lib in ("posthog-errors", "posthog-python", "sentry-sdk")
+    )
+    note = METHOD_NOTE.format(
+        loop=config.filtered_loop,
+        reps=config.filtered_reps,
+        depth=DEPTH,
+        batch=config.batch,
+        reps_exc=config.exc_reps,
+        per_rep=config.exc_per_rep,
+        warmup=config.warmup,
+    )
+    lines = [
+        DOC_START,
+        "<!-- Generated by `python benchmarks/bench_logging.py --write-doc`; edit the prose"
+        " around these markers, not this block. -->",
+        "",
+        f"Measured {today}{' (--quick run)' if quick else ''} on {info['cpu']}, "
+        f"{info['cpus']} CPUs, {info['python']} ({info['platform']}); {versions}.",
+        "",
+        filtered_table(filtered, markdown=True),
+        "",
+        f"- {_verdict(filtered[1], quick)}",
+        "",
+        exc_table(exc, markdown=True),
+        "",
+        note,
+        "",
+        "<details><summary>Spread and details</summary>",
+        "",
+        *(f"- {line}" for line in details),
+        "",
+        "</details>",
+        DOC_END,
+    ]
+    return "\n".join(lines)
+
+
+def write_doc(block: str, path: Path | None = None) -> None:
+    """Replace the section between the markers, or append it (under a heading) when the
+    file has neither marker. A file with only one of them is left alone: an error."""
+    path = DOC_PATH if path is None else path
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    start = text.find(DOC_START)
+    end = text.find(DOC_END, start + len(DOC_START)) if start >= 0 else text.find(DOC_END)
+    if start >= 0 and end >= 0:
+        text = text[:start] + block + text[end + len(DOC_END) :]
+    elif start < 0 and end < 0:
+        text = (text.rstrip("\n") + "\n\n" if text.strip() else "") + DOC_HEADING + "\n\n"
+        text += block + "\n"
+    else:
+        raise SystemExit(f"{path} has only one of {DOC_START} and {DOC_END}; fix it by hand")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+# -- main ------------------------------------------------------------------------------
+
+
+def run(config: Config, quick: bool, write: bool) -> int:
+    info = machine_info()
+    problems: list[str] = []
+    server = ServerProcess()
+    try:
+        _progress("filtered-out record: NullHandler and PostHogHandler")
+        plain = run_child("filtered", config, server)["loops"]
+        _progress("filtered-out record: sentry-sdk's logging integration")
+        sentry = run_child("filtered-sentry", config, server)["loops"]
+        exc: dict[str, dict[str, Any]] = {}
+        for name, label in (
+            ("exc-ours", "posthog-errors"),
+            ("exc-sentry", "sentry-sdk"),
+            ("exc-posthog", "posthog-python"),
+        ):
+            _progress(f"logger.exception: {label}")
+            server.clear()
+            data = run_child(name, config, server)
+            exc[name] = data
+            events = int(data["events"])
+            if name == "exc-sentry":
+                received = server.wait(0, events)["sentry"]
+            else:
+                received = server.wait(events, 0)["posthog"]
+            if received != events:
+                problems.append(f"{label}: the server received {received} of {events} events")
+            if data["rejected"]:
+                problems.append(f"{label} rejected {data['rejected']} captures")
+    finally:
+        server.close()
+
+    stats: dict[str, int] = exc["exc-ours"]["stats"]
+    for key in ("dropped", "internal_errors", "rate_limited", "deduplicated", "filtered"):
+        if stats.get(key):
+            problems.append(f"posthog-errors stats: {key} = {stats[key]}")
+
+    filtered = [
+        FilteredRow("logging.NullHandler", plain["null"], plain["null"]),
+        FilteredRow("PostHogHandler (levels error, fatal)", plain["posthog"], plain["null"]),
+        FilteredRow(
+            "PostHogHandler (levels debug, error: refused in handle())",
+            plain["posthog_gap"],
+            plain["null"],
+        ),
+        FilteredRow(
+            "sentry-sdk LoggingIntegration + NullHandler", sentry["sentry"], sentry["null"]
+        ),
+    ]
+    exc_rows = [
+        ExcRow("posthog-errors: PostHogHandler", exc["exc-ours"]),
+        ExcRow("sentry-sdk: LoggingIntegration", exc["exc-sentry"]),
+        ExcRow("posthog-python: Posthog.capture_exception", exc["exc-posthog"]),
+    ]
+    details = _details(filtered, exc_rows)
+
+    print()
+    print("  ".join(f"{key}: {value}" for key, value in info.items()))
+    print(
+        f'filtered: logger.info("{INFO_MESSAGE}", 42), {config.filtered_reps} loops of '
+        f"{config.filtered_loop:,} per handler; ratio = median per-turn ratio to NullHandler "
+        "(sentry-sdk: to NullHandler in its own process)"
+    )
+    print()
+    print(filtered_table(filtered, markdown=False))
+    print()
+    print(f"target: {_verdict(filtered[1], quick)}")
+    print()
+    print(
+        f"logger.exception: {DEPTH}-frame ValueError, same site, {config.exc_reps} x "
+        f"{config.exc_per_rep} calls, flushed every {config.batch}; median of repetition medians"
+    )
+    print()
+    print(exc_table(exc_rows, markdown=False))
+    print()
+    print(f"posthog-errors stats: {stats}")
+    print()
+    for line in details:
+        print(line)
+    if write:
+        write_doc(render_doc_block(info, filtered, exc_rows, details, config, quick))
+        print(f"\nwrote {DOC_PATH}")
+    for problem in problems:
+        print(f"PROBLEM: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="small counts, for a smoke test")
+    parser.add_argument(
+        "--write-doc", action="store_true", help=f"rewrite the figures in {DOC_PATH.name}"
+    )
+    # Internal: how the parent runs one scenario in a child process.
+    parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
+    parser.add_argument("--config", help=argparse.SUPPRESS)
+    parser.add_argument("--posthog-url", help=argparse.SUPPRESS)
+    parser.add_argument("--sentry-dsn", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        config = Config(**json.loads(args.config))
+        result = CHILDREN[args.child](config, args.posthog_url, args.sentry_dsn)
+        print(json.dumps(result), flush=True)
+        return 0
+    return run(QUICK if args.quick else FULL, quick=args.quick, write=args.write_doc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
