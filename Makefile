@@ -25,6 +25,7 @@ unit: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_capture.py --write-doc
+	$(BIN)/python benchmarks/bench_logging.py --write-doc
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
