@@ -19,6 +19,7 @@ from types import CodeType
 from typing import Any
 
 from posthog_errors._options import PayloadOptions
+from posthog_errors._redact import redact
 
 __all__ = ["FrameBuilder", "safe_text"]
 
@@ -130,11 +131,15 @@ class FrameBuilder:
             # The file changed (or is not the code that ran): no context rather than wrong.
             return [], None, []
         n = self.options.context_lines
-        limit = self.options.max_line_length
-        pre = [safe_text(s.rstrip("\r\n"), limit) for s in lines[max(0, index - n) : index]]
-        line = safe_text(lines[index].rstrip("\r\n"), limit)
-        post = [safe_text(s.rstrip("\r\n"), limit) for s in lines[index + 1 : index + 1 + n]]
-        return pre, line, post
+        clean = self._clean_line
+        pre = [clean(s) for s in lines[max(0, index - n) : index]]
+        post = [clean(s) for s in lines[index + 1 : index + 1 + n]]
+        return pre, clean(lines[index]), post
+
+    def _clean_line(self, line: str) -> str:
+        # Source lines too can hold credentials (a hard-coded DSN); built once per site.
+        text = safe_text(line.rstrip("\r\n"), self.options.max_line_length)
+        return redact(text) if self.options.redact_secrets else text
 
     def in_app(self, code: CodeType, abs_path: str, module: str | None) -> bool:
         cached = self._in_app_cache.get(code)

@@ -79,6 +79,7 @@ def install(
     in_app_include: Iterable[str] = (),
     in_app_exclude: Iterable[str] = (),
     project_root: str | None = None,
+    redact_secrets: bool = True,
     rate_limit: tuple[int, float] | None = (
         _rate_limit.DEFAULT_BURST,
         _rate_limit.DEFAULT_PER_SECOND,
@@ -116,6 +117,7 @@ def install(
             in_app_include=in_app_include,
             in_app_exclude=in_app_exclude,
             project_root=project_root,
+            redact_secrets=redact_secrets,
         )
         handler = (
             PostHogHandler(levels=levels, capture_messages=capture_messages, reporter=reporter)

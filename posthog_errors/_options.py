@@ -20,6 +20,8 @@ class PayloadOptions:
     ``in_app_include`` / ``in_app_exclude`` are module prefixes (``"myapp"`` matches
     ``myapp.views``); include wins over exclude, and both win over the path rules.
     ``project_root``, when set, makes only code under that directory in-app.
+    ``redact_secrets`` filters URL credentials, auth header values and ``password=...``
+    from exception values and log messages.
     """
 
     in_app_include: tuple[str, ...] = ()
@@ -31,6 +33,7 @@ class PayloadOptions:
     max_value_length: int = 8192
     max_line_length: int = 1000
     max_event_bytes: int = 512 * 1024
+    redact_secrets: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "in_app_include", _modules("in_app_include", self.in_app_include))

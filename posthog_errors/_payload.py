@@ -14,6 +14,7 @@ from typing import Any
 
 from posthog_errors._frames import FrameBuilder, safe_text
 from posthog_errors._options import PayloadOptions, as_names
+from posthog_errors._redact import redact
 from posthog_errors._snapshot import EventSnapshot, ExceptionSnapshot, walk_exceptions
 
 __all__ = ["LEVELS", "MESSAGE_TYPE", "build_properties", "exception_properties", "json_safe"]
@@ -110,6 +111,8 @@ def build_properties(
         _shrink(entries, options.max_event_bytes)
 
     properties: dict[str, Any] = json_safe(snapshot.properties) if snapshot.properties else {}
+    if options.redact_secrets and isinstance(properties.get("log_message"), str):
+        properties["log_message"] = redact(properties["log_message"])
     for key in _RESERVED.intersection(properties):
         del properties[key]
     properties["$exception_list"] = entries
@@ -133,9 +136,12 @@ def _exception_entry(
         type_name, module, value = entry.synthetic_type or "Message", None, entry.synthetic_value
     else:
         type_name, module, value = _type_name(exc), _type_module(exc), _message(exc)
+    text = safe_text(value if value is not None else "", limit)
+    if builder.options.redact_secrets:
+        text = redact(text)
     result: dict[str, Any] = {
         "type": safe_text(type_name, 512),
-        "value": safe_text(value if value is not None else "", limit),
+        "value": text,
         "module": safe_text(module, 512) if module else None,
         "mechanism": _mechanism(entry, snapshot),
     }

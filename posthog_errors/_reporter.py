@@ -67,6 +67,7 @@ class Reporter:
         in_app_exclude: Iterable[str] = (),
         project_root: str | None = None,
         max_frames: int = 100,
+        redact_secrets: bool = True,
     ) -> None:
         self.client_source = ClientSource(client, api_key=api_key, host=host)
         self.options = PayloadOptions(
@@ -74,6 +75,7 @@ class Reporter:
             in_app_exclude=as_names(in_app_exclude),
             project_root=project_root,
             max_frames=max_frames,
+            redact_secrets=bool(redact_secrets),
         )
         self.frames = FrameBuilder(self.options)
         if before_send is not None and not callable(before_send):
