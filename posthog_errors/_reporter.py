@@ -8,6 +8,7 @@ Data flows one way, entry point -> snapshot -> worker -> payload -> client.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import threading
@@ -45,6 +46,20 @@ logger = logging.getLogger("posthog_errors")
 _LATE_PROPERTIES_TIMEOUT = 1.0
 
 BeforeSend = Callable[[dict[str, Any]], "dict[str, Any] | None"]
+
+
+@dataclasses.dataclass(slots=True)
+class EventFields:
+    """What an entry point says about an event, besides the exception itself."""
+
+    level: str
+    handled: bool
+    mechanism: str
+    source: str
+    distinct_id: Any
+    session_id: Any
+    properties: dict[str, Any] | None
+    fingerprint: str | None
 
 
 class Reporter:
@@ -99,65 +114,10 @@ class Reporter:
         fingerprint: str | None = None,
     ) -> str | None:
         """Snapshot ``exc`` and queue it; the event uuid, or None when nothing will be sent."""
-        if _guard.inside_library():
-            return None
-        try:
-            return self._capture(
-                exc,
-                level,
-                handled,
-                mechanism,
-                source,
-                distinct_id,
-                session_id,
-                properties,
-                fingerprint,
-            )
-        except Exception as error:
-            STATS.add("dropped")
-            _guard.internal_error(error)
-            return None
-
-    def _capture(
-        self,
-        exc: BaseException,
-        level: str,
-        handled: bool,
-        mechanism: str,
-        source: str,
-        distinct_id: Any,
-        session_id: Any,
-        properties: dict[str, Any] | None,
-        fingerprint: str | None,
-    ) -> str | None:
-        STATS.add("captured")
-        if self.ignore and isinstance(exc, self.ignore):
-            STATS.add("filtered")
-            return None
-        event_uuid = UUIDS.new()
-        if not _dedupe.claim(exc, event_uuid):
-            STATS.add("deduplicated")
-            return None
-        if _rate_limited(lambda: fingerprint or _failure_site(exc)):
-            STATS.add("rate_limited")
-            return None
-        options = self.options
-        exceptions = walk_exceptions(
-            exc, max_exceptions=options.max_exceptions, max_frames=options.max_frames
+        fields = EventFields(
+            level, handled, mechanism, source, distinct_id, session_id, properties, fingerprint
         )
-        return self._submit(
-            event_uuid,
-            exc,
-            exceptions,
-            level,
-            handled,
-            mechanism,
-            source,
-            distinct_id,
-            session_id,
-            properties,
-            fingerprint,
-        )
+        return self._guarded(self._capture, exc, fields)
 
     def capture_message(
         self,
@@ -174,38 +134,18 @@ class Reporter:
         properties: dict[str, Any] | None = None,
     ) -> str | None:
         """Queue a message-only event: one synthetic entry with the call site's stack."""
-        if _guard.inside_library():
-            return None
-        try:
-            STATS.add("captured")
-            if _rate_limited(lambda: fingerprint):
-                STATS.add("rate_limited")
-                return None
-            entry = ExceptionSnapshot(
-                exception=None,
-                frames=frames,
-                frames_omitted=frames_omitted,
-                stack_is_synthetic=True,
-                synthetic_type=MESSAGE_TYPE,
-                synthetic_value=message,
-            )
-            return self._submit(
-                UUIDS.new(),
-                None,
-                [entry],
-                level,
-                True,
-                mechanism,
-                source,
-                distinct_id,
-                session_id,
-                properties,
-                fingerprint,
-            )
-        except Exception as error:
-            STATS.add("dropped")
-            _guard.internal_error(error)
-            return None
+        entry = ExceptionSnapshot(
+            exception=None,
+            frames=frames,
+            frames_omitted=frames_omitted,
+            stack_is_synthetic=True,
+            synthetic_type=MESSAGE_TYPE,
+            synthetic_value=message,
+        )
+        fields = EventFields(
+            level, True, mechanism, source, distinct_id, session_id, properties, fingerprint
+        )
+        return self._guarded(self._capture_entries, [entry], fields, fingerprint)
 
     def capture_prebuilt(
         self,
@@ -222,48 +162,67 @@ class Reporter:
     ) -> str | None:
         """Queue an event whose ``$exception_list`` was built elsewhere (from a Sentry event
         that carries no live exception)."""
-        if _guard.inside_library() or not exception_list:
+        if not exception_list:
+            return None
+        root = exception_list[0]
+        fields = EventFields(
+            level, handled, mechanism, source, distinct_id, session_id, properties, fingerprint
+        )
+        rate_key = fingerprint or (root.get("type"), root.get("value"))
+        return self._guarded(self._capture_entries, [], fields, rate_key, exception_list)
+
+    def _guarded(self, capture: Callable[..., str | None], *args: Any) -> str | None:
+        """Run a capture path: never from library code, and never raising into the app."""
+        if _guard.inside_library():
             return None
         try:
-            STATS.add("captured")
-            root = exception_list[0]
-            if _rate_limited(lambda: fingerprint or (root.get("type"), root.get("value"))):
-                STATS.add("rate_limited")
-                return None
-            return self._submit(
-                UUIDS.new(),
-                None,
-                [],
-                level,
-                handled,
-                mechanism,
-                source,
-                distinct_id,
-                session_id,
-                properties,
-                fingerprint,
-                prebuilt=exception_list,
-            )
+            return capture(*args)
         except Exception as error:
             STATS.add("dropped")
             _guard.internal_error(error)
             return None
+
+    def _capture(self, exc: BaseException, fields: EventFields) -> str | None:
+        STATS.add("captured")
+        if self.ignore and isinstance(exc, self.ignore):
+            STATS.add("filtered")
+            return None
+        event_uuid = UUIDS.new()
+        if not _dedupe.claim(exc, event_uuid):
+            STATS.add("deduplicated")
+            return None
+        if _rate_limited(lambda: fields.fingerprint or _failure_site(exc)):
+            STATS.add("rate_limited")
+            return None
+        options = self.options
+        exceptions = walk_exceptions(
+            exc, max_exceptions=options.max_exceptions, max_frames=options.max_frames
+        )
+        return self._submit(event_uuid, exc, exceptions, fields)
+
+    def _capture_entries(
+        self,
+        exceptions: list[ExceptionSnapshot],
+        fields: EventFields,
+        rate_key: Hashable,
+        prebuilt: list[dict[str, Any]] | None = None,
+    ) -> str | None:
+        # Message-only and prebuilt events: no exception object, so no dedupe.
+        STATS.add("captured")
+        if _rate_limited(lambda: rate_key):
+            STATS.add("rate_limited")
+            return None
+        return self._submit(UUIDS.new(), None, exceptions, fields, prebuilt)
 
     def _submit(
         self,
         event_uuid: str,
         exc: BaseException | None,
         exceptions: list[ExceptionSnapshot],
-        level: str,
-        handled: bool,
-        mechanism: str,
-        source: str,
-        distinct_id: Any,
-        session_id: Any,
-        properties: dict[str, Any] | None,
-        fingerprint: str | None,
+        fields: EventFields,
         prebuilt: list[dict[str, Any]] | None = None,
     ) -> str | None:
+        level = fields.level
         if level not in LEVELS:
             STATS.add("invalid_input")
             level = "error"
@@ -273,7 +232,10 @@ class Reporter:
         if client is None and not delivery.redirected:
             STATS.add("dropped")
             return None
-        distinct_id, session_id, bound = _context.resolve(exc, distinct_id, session_id)
+        distinct_id, session_id, bound = _context.resolve(
+            exc, fields.distinct_id, fields.session_id
+        )
+        properties = fields.properties
         if bound:
             properties = {**bound, **properties} if properties else dict(bound)
         snapshot = EventSnapshot(
@@ -281,13 +243,13 @@ class Reporter:
             timestamp=time.time(),
             exceptions=exceptions,
             level=level,
-            handled=handled,
-            mechanism=mechanism,
-            source=source,
+            handled=fields.handled,
+            mechanism=fields.mechanism,
+            source=fields.source,
             distinct_id=distinct_id,
             session_id=session_id,
             properties=dict(properties) if properties else None,
-            fingerprint=fingerprint,
+            fingerprint=fields.fingerprint,
             client=client,
             reporter=self,
             prebuilt_exceptions=prebuilt,
