@@ -3,6 +3,7 @@ exception-event.md, and stays under the size budget."""
 
 from __future__ import annotations
 
+import builtins
 import json
 import sys
 from typing import Any
