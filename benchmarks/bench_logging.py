@@ -29,38 +29,55 @@ not asserted.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import datetime
-import gc
 import importlib.metadata
-import importlib.util
 import json
 import logging
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import types
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
+
+# This script's directory is sys.path[0] when it is run as `python benchmarks/bench_logging.py`
+# (and so in the children run_child() starts, which run this same file).
+from _shared import (
+    DOC_PATH,
+    MU,
+    LoopbackServerProcess,
+    Sample,
+    Timing,
+    argument_parser,
+    batch_sizes,
+    child_env,
+    doc_block,
+    exit_status,
+    gc_paused,
+    import_generated_module,
+    info_line,
+    machine_info,
+    measured_on,
+    progress,
+    raising_chain,
+    render_table,
+    rotated,
+    traceback_depth,
+    use_checkout,
+    write_marked_block,
+)
+
+use_checkout()  # runnable from a checkout without installing
 
 SCRIPT = Path(__file__).resolve()
-REPO_ROOT = SCRIPT.parent.parent
-if str(REPO_ROOT) not in sys.path:  # runnable from a checkout without installing
-    sys.path.insert(0, str(REPO_ROOT))
-
-DOC_PATH = REPO_ROOT / "docs" / "performance.md"
 DOC_START = "<!-- bench-logging:start -->"
 DOC_END = "<!-- bench-logging:end -->"
 DOC_HEADING = "## Logging overhead"  # written above the markers only when they are absent
 API_KEY = "phc_benchmark_logging"
 DEPTH = 30  # frames in every logged exception's traceback
-MU = "\u00b5"  # the micro sign, spelled out so the source stays ASCII
 FILTERED_TARGET = 1.05  # PostHogHandler / NullHandler, from the issue; reported, not asserted
 INFO_MESSAGE = "user %s logged in"
 ERROR_MESSAGE = "request %s failed"
@@ -180,61 +197,22 @@ sentry.shutdown()
 """
 
 
-def _child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    return env
-
-
-class ServerProcess:
+class ServerProcess(LoopbackServerProcess):
     """The PostHog capture server and the Sentry endpoint, driven over stdin/stdout."""
 
     def __init__(self) -> None:
-        self._process = subprocess.Popen(
-            [sys.executable, "-c", _SERVER_CODE],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=_child_env(),
-        )
+        super().__init__(_SERVER_CODE, "the server process")
         first = self._readline().split()
         if len(first) != 2 or not first[0].startswith("http://127.0.0.1:"):
             raise SystemExit(f"the servers did not start: {first!r}")
         self.posthog_url, self.sentry_dsn = first
 
-    def _readline(self) -> str:
-        stdout: IO[str] | None = self._process.stdout
-        assert stdout is not None
-        line = stdout.readline()
-        if not line:
-            raise SystemExit("the server process exited unexpectedly")
-        return line
-
-    def _command(self, *words: object) -> dict[str, int]:
-        stdin: IO[str] | None = self._process.stdin
-        assert stdin is not None
-        stdin.write(" ".join(str(w) for w in words) + "\n")
-        stdin.flush()
-        reply: dict[str, int] = json.loads(self._readline())
-        return reply
-
     def wait(
         self, posthog_events: int, sentry_events: int, timeout: float = 30.0
     ) -> dict[str, int]:
         """Block until that many events arrived (or the timeout); the counts received."""
-        return self._command("wait", posthog_events, sentry_events, timeout)
-
-    def clear(self) -> None:
-        self._command("clear")
-
-    def close(self) -> None:
-        with contextlib.suppress(SystemExit, OSError, ValueError):
-            self._command("quit")
-        try:
-            self._process.wait(5)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+        counts: dict[str, int] = self._command("wait", posthog_events, sentry_events, timeout)
+        return counts
 
 
 # -- children: shared helpers ----------------------------------------------------------
@@ -259,10 +237,6 @@ def _bench_logger(name: str, handler: logging.Handler) -> logging.Logger:
     return logger
 
 
-def _progress(message: str) -> None:
-    print(f"... {message}", file=sys.stderr, flush=True)
-
-
 # -- scenario 1: a filtered-out record -------------------------------------------------
 
 
@@ -278,15 +252,11 @@ def _info_loop(logger: logging.Logger, n: int) -> float:
     info = logger.info
     calls = range(n)
     clock = time.perf_counter_ns
-    gc.collect()
-    gc.disable()
-    try:
+    with gc_paused():
         start = clock()
         for _ in calls:
             info(INFO_MESSAGE, 42)
         elapsed = clock() - start
-    finally:
-        gc.enable()
     return elapsed / n
 
 
@@ -297,8 +267,7 @@ def measure_filtered(variants: list[Variant], config: Config) -> dict[str, list[
         _info_loop(variant.logger, max(200, config.filtered_loop // 5))
     results: dict[str, list[float]] = {v.name: [] for v in variants}
     for rep in range(config.filtered_reps):
-        shift = rep % len(variants)
-        for variant in variants[shift:] + variants[:shift]:
+        for variant in rotated(variants, rep):
             variant.activate()
             results[variant.name].append(_info_loop(variant.logger, config.filtered_loop))
     return results
@@ -377,16 +346,8 @@ def _site_source() -> str:
         "    except ValueError as error:",
         "        return callback(error)",
         '    raise AssertionError("f1 did not raise")',
+        *raising_chain(DEPTH, "failure at depth %d", typed=False),
     ]
-    for i in range(1, DEPTH):
-        lines += ["", "", f"def f{i}(value):"]
-        if i < DEPTH - 1:
-            lines += [f"    result = f{i + 1}(value + 1)", "    return result * 2"]
-        else:
-            lines += [
-                '    message = "failure at depth %d" % value',
-                "    raise ValueError(message)",
-            ]
     return "\n".join(lines) + "\n"
 
 
@@ -394,25 +355,9 @@ Trigger = Callable[[Callable[[BaseException], object]], object]
 
 
 def _load_site(directory: Path) -> Trigger:
-    name = f"bench_logging_site_{os.getpid()}"
-    path = directory / f"{name}.py"
-    path.write_text(_site_source(), encoding="utf-8")
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # as a real import would; lets loaders find the source
-    spec.loader.exec_module(module)
+    module = import_generated_module(directory, f"bench_logging_site_{os.getpid()}", _site_source())
     trigger: Trigger = module.trigger
     return trigger
-
-
-def _depth(exc: BaseException) -> int:
-    depth = 0
-    tb: types.TracebackType | None = exc.__traceback__
-    while tb is not None:
-        depth += 1
-        tb = tb.tb_next
-    return depth
 
 
 @dataclasses.dataclass
@@ -423,10 +368,10 @@ class Contender:
     rejected: int = 0
 
 
-def _timed_batch(trigger: Trigger, contender: Contender, n: int) -> list[tuple[int, int]]:
+def _timed_batch(trigger: Trigger, contender: Contender, n: int) -> list[Sample]:
     """``n`` calls, each in the ``except`` block of a fresh 30-frame ValueError; only the
     call is timed: (wall ns, calling thread's CPU ns). Drained afterwards, untimed."""
-    samples: list[tuple[int, int]] = []
+    samples: list[Sample] = []
     clock = time.perf_counter_ns
     cpu_clock = time.thread_time_ns
     call = contender.call
@@ -440,39 +385,29 @@ def _timed_batch(trigger: Trigger, contender: Contender, n: int) -> list[tuple[i
         if not contender.accepted(result):
             contender.rejected += 1
 
-    gc.collect()
-    gc.disable()
-    try:
+    with gc_paused():
         for _ in range(n):
             trigger(timed)
-    finally:
-        gc.enable()
     contender.drain()
     return samples
 
 
 def measure_exceptions(trigger: Trigger, contender: Contender, config: Config) -> dict[str, Any]:
     depths: list[int] = []
-    trigger(lambda error: depths.append(_depth(error)))
+    trigger(lambda error: depths.append(traceback_depth(error)))
     if depths != [DEPTH]:
         raise SystemExit(f"expected a {DEPTH}-frame traceback, got {depths}")
-    for start in range(0, config.warmup, config.batch):
-        _timed_batch(trigger, contender, min(config.batch, config.warmup - start))
+    for size in batch_sizes(config.warmup, config.batch):
+        _timed_batch(trigger, contender, size)
     contender.rejected = 0
-    walls: list[int] = []
-    cpus: list[int] = []
-    rep_medians: list[float] = []
+    timing = Timing()
     for _ in range(config.exc_reps):
-        rep: list[tuple[int, int]] = []
-        for start in range(0, config.exc_per_rep, config.batch):
-            rep += _timed_batch(trigger, contender, min(config.batch, config.exc_per_rep - start))
-        walls += [wall for wall, _ in rep]
-        cpus += [cpu for _, cpu in rep]
-        rep_medians.append(statistics.median(wall for wall, _ in rep))
+        rep: list[Sample] = []
+        for size in batch_sizes(config.exc_per_rep, config.batch):
+            rep += _timed_batch(trigger, contender, size)
+        timing.add_rep(rep)
     return {
-        "walls": walls,
-        "cpus": cpus,
-        "rep_medians": rep_medians,
+        **dataclasses.asdict(timing),  # the parent reads it back with Timing.from_dict()
         "rejected": contender.rejected,
         "events": config.warmup + config.exc_reps * config.exc_per_rep,
     }
@@ -574,7 +509,7 @@ def run_child(name: str, config: Config, server: ServerProcess) -> dict[str, Any
         server.sentry_dsn,
     ]
     done = subprocess.run(
-        command, stdout=subprocess.PIPE, text=True, env=_child_env(), timeout=600, check=False
+        command, stdout=subprocess.PIPE, text=True, env=child_env(), timeout=600, check=False
     )
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:
@@ -586,17 +521,8 @@ def run_child(name: str, config: Config, server: ServerProcess) -> dict[str, Any
 # -- reporting -------------------------------------------------------------------------
 
 
-def machine_info() -> dict[str, str]:
-    cpu_model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    cpu_model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-
+def _versions() -> dict[str, str]:
+    # As installed: the parent process never imports the libraries it measures.
     def version(distribution: str) -> str:
         try:
             return importlib.metadata.version(distribution)
@@ -604,10 +530,6 @@ def machine_info() -> dict[str, str]:
             return "not installed"
 
     return {
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "platform": platform.platform(terse=True),
-        "cpu": cpu_model,
-        "cpus": str(os.cpu_count()),
         "posthog-errors": version("posthog-errors"),
         "posthog-python": version("posthog"),
         "sentry-sdk": version("sentry-sdk"),
@@ -643,38 +565,11 @@ class FilteredRow:
 @dataclasses.dataclass
 class ExcRow:
     label: str
-    data: dict[str, Any]
-
-    @property
-    def us(self) -> float:
-        return float(statistics.median(self.data["rep_medians"])) / 1000
-
-    @property
-    def cpu_us(self) -> float:
-        return float(statistics.median(self.data["cpus"])) / 1000
-
-    def percentile_us(self, q: float) -> float:
-        ordered = sorted(self.data["walls"])
-        return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))]) / 1000
+    timing: Timing  # as measure_exceptions() measured it in a child process
 
 
 def _fmt(value: float) -> str:
     return f"{value:,.2f}" if value < 10 else f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
-
-
-def _table(header: list[str], body: list[list[str]], markdown: bool) -> str:
-    if markdown:
-        lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
-        lines += ["| " + " | ".join(cells) + " |" for cells in body]
-        return "\n".join(lines)
-    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        first = cells[0].ljust(widths[0])
-        rest = (cell.rjust(width) for cell, width in zip(cells[1:], widths[1:], strict=True))
-        return "  ".join([first, *rest])
-
-    return "\n".join([line(header), "  ".join("-" * w for w in widths), *map(line, body)])
 
 
 def filtered_table(rows: list[FilteredRow], markdown: bool) -> str:
@@ -683,7 +578,7 @@ def filtered_table(rows: list[FilteredRow], markdown: bool) -> str:
         [row.label, _fmt(row.ns / 1000), f"{row.added_ns:+,.0f}", f"{row.ratio:.3f}"]
         for row in rows
     ]
-    return _table(header, body, markdown)
+    return render_table(header, body, markdown)
 
 
 def exc_table(rows: list[ExcRow], markdown: bool) -> str:
@@ -693,9 +588,17 @@ def exc_table(rows: list[ExcRow], markdown: bool) -> str:
         f"on-CPU {MU}s",
         "vs posthog-errors",
     ]
-    ours = rows[0].us
-    body = [[row.label, _fmt(row.us), _fmt(row.cpu_us), f"{row.us / ours:,.1f}x"] for row in rows]
-    return _table(header, body, markdown)
+    ours = rows[0].timing.median_us
+    body = [
+        [
+            row.label,
+            _fmt(row.timing.median_us),
+            _fmt(row.timing.cpu_median_us),
+            f"{row.timing.median_us / ours:,.1f}x",
+        ]
+        for row in rows
+    ]
+    return render_table(header, body, markdown)
 
 
 def _verdict(row: FilteredRow, quick: bool) -> str:
@@ -716,14 +619,7 @@ def _details(filtered: list[FilteredRow], exc: list[ExcRow]) -> list[str]:
             f"{row.min_ratio:.3f}; its NullHandler: median {statistics.median(row.baseline):,.0f}"
             " ns"
         )
-    for exc_row in exc:
-        spread = ", ".join(f"{m / 1000:,.1f}" for m in exc_row.data["rep_medians"])
-        lines.append(
-            f"{exc_row.label}: median {exc_row.us:,.1f} {MU}s, "
-            f"p10 {exc_row.percentile_us(0.1):,.1f}, p90 {exc_row.percentile_us(0.9):,.1f}, "
-            f"n={len(exc_row.data['walls'])}; per-repetition medians: {spread}; "
-            f"on-CPU median {exc_row.cpu_us:,.1f} {MU}s"
-        )
+    lines += [f"{exc_row.label}: {exc_row.timing.summary()}" for exc_row in exc]
     return lines
 
 
@@ -767,10 +663,6 @@ def render_doc_block(
     config: Config,
     quick: bool,
 ) -> str:
-    today = datetime.date.today().isoformat()
-    versions = ", ".join(
-        f"{lib} {info[lib]}" for lib in ("posthog-errors", "posthog-python", "sentry-sdk")
-    )
     note = METHOD_NOTE.format(
         loop=config.filtered_loop,
         reps=config.filtered_reps,
@@ -781,12 +673,7 @@ def render_doc_block(
         warmup=config.warmup,
     )
     lines = [
-        DOC_START,
-        "<!-- Generated by `python benchmarks/bench_logging.py --write-doc`; edit the prose"
-        " around these markers, not this block. -->",
-        "",
-        f"Measured {today}{' (--quick run)' if quick else ''} on {info['cpu']}, "
-        f"{info['cpus']} CPUs, {info['python']} ({info['platform']}); {versions}.",
+        measured_on(info, ("posthog-errors", "posthog-python", "sentry-sdk"), quick),
         "",
         filtered_table(filtered, markdown=True),
         "",
@@ -801,41 +688,28 @@ def render_doc_block(
         *(f"- {line}" for line in details),
         "",
         "</details>",
-        DOC_END,
     ]
-    return "\n".join(lines)
+    return doc_block(DOC_START, DOC_END, SCRIPT.name, lines)
 
 
 def write_doc(block: str, path: Path | None = None) -> None:
     """Replace the section between the markers, or append it (under a heading) when the
     file has neither marker. A file with only one of them is left alone: an error."""
     path = DOC_PATH if path is None else path
-    text = path.read_text(encoding="utf-8") if path.exists() else ""
-    start = text.find(DOC_START)
-    end = text.find(DOC_END, start + len(DOC_START)) if start >= 0 else text.find(DOC_END)
-    if start >= 0 and end >= 0:
-        text = text[:start] + block + text[end + len(DOC_END) :]
-    elif start < 0 and end < 0:
-        text = (text.rstrip("\n") + "\n\n" if text.strip() else "") + DOC_HEADING + "\n\n"
-        text += block + "\n"
-    else:
-        raise SystemExit(f"{path} has only one of {DOC_START} and {DOC_END}; fix it by hand")
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
+    write_marked_block(block, DOC_START, DOC_END, path, heading=DOC_HEADING)
 
 
 # -- main ------------------------------------------------------------------------------
 
 
 def run(config: Config, quick: bool, write: bool) -> int:
-    info = machine_info()
+    info = machine_info(_versions())
     problems: list[str] = []
     server = ServerProcess()
     try:
-        _progress("filtered-out record: NullHandler and PostHogHandler")
+        progress("filtered-out record: NullHandler and PostHogHandler")
         plain = run_child("filtered", config, server)["loops"]
-        _progress("filtered-out record: sentry-sdk's logging integration")
+        progress("filtered-out record: sentry-sdk's logging integration")
         sentry = run_child("filtered-sentry", config, server)["loops"]
         exc: dict[str, dict[str, Any]] = {}
         for name, label in (
@@ -843,7 +717,7 @@ def run(config: Config, quick: bool, write: bool) -> int:
             ("exc-sentry", "sentry-sdk"),
             ("exc-posthog", "posthog-python"),
         ):
-            _progress(f"logger.exception: {label}")
+            progress(f"logger.exception: {label}")
             server.clear()
             data = run_child(name, config, server)
             exc[name] = data
@@ -877,14 +751,14 @@ def run(config: Config, quick: bool, write: bool) -> int:
         ),
     ]
     exc_rows = [
-        ExcRow("posthog-errors: PostHogHandler", exc["exc-ours"]),
-        ExcRow("sentry-sdk: LoggingIntegration", exc["exc-sentry"]),
-        ExcRow("posthog-python: Posthog.capture_exception", exc["exc-posthog"]),
+        ExcRow("posthog-errors: PostHogHandler", Timing.from_dict(exc["exc-ours"])),
+        ExcRow("sentry-sdk: LoggingIntegration", Timing.from_dict(exc["exc-sentry"])),
+        ExcRow("posthog-python: Posthog.capture_exception", Timing.from_dict(exc["exc-posthog"])),
     ]
     details = _details(filtered, exc_rows)
 
     print()
-    print("  ".join(f"{key}: {value}" for key, value in info.items()))
+    print(info_line(info))
     print(
         f'filtered: logger.info("{INFO_MESSAGE}", 42), {config.filtered_reps} loops of '
         f"{config.filtered_loop:,} per handler; ratio = median per-turn ratio to NullHandler "
@@ -909,17 +783,11 @@ def run(config: Config, quick: bool, write: bool) -> int:
     if write:
         write_doc(render_doc_block(info, filtered, exc_rows, details, config, quick))
         print(f"\nwrote {DOC_PATH}")
-    for problem in problems:
-        print(f"PROBLEM: {problem}", file=sys.stderr)
-    return 1 if problems else 0
+    return exit_status(problems)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="small counts, for a smoke test")
-    parser.add_argument(
-        "--write-doc", action="store_true", help=f"rewrite the figures in {DOC_PATH.name}"
-    )
+    parser = argument_parser(__doc__)
     # Internal: how the parent runs one scenario in a child process.
     parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)

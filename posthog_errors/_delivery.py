@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import logging
 import os
 import threading
 import time
@@ -30,6 +31,31 @@ DEFAULT_QUEUE_SIZE = 1000
 DEFAULT_SHUTDOWN_TIMEOUT = 2.0
 _IDLE_WAIT = 1.0
 _BATCH_DELAY = 0.02
+
+
+class UploadFailureWatch(logging.Filter):
+    """Counts the posthog client's failed uploads, from its own "error uploading" records.
+
+    A client the user built gives no other signal of a failed upload (its ``on_error`` is
+    the user's), and ``flush()`` must not claim events went out when they did not. The
+    filter only counts: every record goes on as before.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # posthog's own filter may already have prefixed the message ("[PostHog] ...").
+        try:
+            if record.levelno >= logging.ERROR and "error uploading" in record.getMessage():
+                self.failures += 1
+        except Exception:
+            pass  # a record that cannot be formatted is not ours to judge
+        return True
+
+
+_UPLOADS = UploadFailureWatch()
 
 
 class DeliveryWorker:
@@ -54,6 +80,7 @@ class DeliveryWorker:
         self._pid = os.getpid()
         self._clients: dict[int, Any] = {}
         self._stopping = False
+        self._failures_seen = _UPLOADS.failures
 
     # -- caller's thread -------------------------------------------------------------
 
@@ -89,7 +116,8 @@ class DeliveryWorker:
     def flush(self, timeout: float | None = None) -> bool:
         """Wait for every snapshot submitted so far, then flush the clients they used.
 
-        Returns True when both drained within ``timeout`` seconds (None waits for ever).
+        Returns True when both drained within ``timeout`` seconds (None waits for ever) and
+        no upload failed since the last flush.
         """
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
         with self._progress:
@@ -104,7 +132,11 @@ class DeliveryWorker:
                 if remaining is not None and remaining <= 0:
                     return False
                 self._progress.wait(0.05 if remaining is None else min(0.05, remaining))
-        return self._flush_clients(deadline)
+        drained = self._flush_clients(deadline)
+        failures = _UPLOADS.failures
+        no_new_failures = failures == self._failures_seen
+        self._failures_seen = failures
+        return drained and no_new_failures
 
     # -- the worker --------------------------------------------------------------------
 
@@ -118,6 +150,7 @@ class DeliveryWorker:
             if not self._exit_registered:
                 self._exit_registered = True
                 _register_exit(self._flush_at_exit)
+                logging.getLogger("posthog").addFilter(_UPLOADS)
 
     def _run(self) -> None:
         _guard.mark_library_thread()
@@ -162,8 +195,14 @@ class DeliveryWorker:
             STATS.add("dropped")
 
     def _flush_clients(self, deadline: float | None) -> bool:
+        """Flush every client events were handed to since it last drained.
+
+        A drained client is forgotten (so a process that used many clients, one per tenant,
+        holds none of them here for long); one still holding events stays, and makes the
+        flush report False until it drains.
+        """
         ok = True
-        for client in list(self._clients.values()):
+        for key, client in list(self._clients.items()):
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
                 with _guard.library_code():
@@ -171,6 +210,8 @@ class DeliveryWorker:
                 lanes = getattr(client, "_lanes", None) or ()
                 if any(getattr(lane.queue, "unfinished_tasks", 0) for lane in lanes):
                     ok = False
+                else:
+                    self._clients.pop(key, None)
             except Exception as error:
                 _guard.internal_error(error, reraise=False)
                 ok = False

@@ -141,6 +141,16 @@ class FrameBuilder:
         text = safe_text(line.rstrip("\r\n"), self.options.max_line_length)
         return redact(text) if self.options.redact_secrets else text
 
+    def in_app_code(self, code: CodeType, module: object) -> bool:
+        """``in_app`` from the code object alone (for the caller's thread: cached)."""
+        cached = self._in_app_cache.get(code)
+        if cached is not None:
+            return cached
+        raw_path = code.co_filename if isinstance(code.co_filename, str) else ""
+        is_pseudo = raw_path.startswith("<") and raw_path.endswith(">")
+        abs_path = raw_path if is_pseudo or not raw_path else os.path.abspath(raw_path)
+        return self.in_app(code, abs_path, module if isinstance(module, str) else None)
+
     def in_app(self, code: CodeType, abs_path: str, module: str | None) -> bool:
         cached = self._in_app_cache.get(code)
         if cached is None:

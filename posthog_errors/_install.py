@@ -80,6 +80,7 @@ def install(
     in_app_exclude: Iterable[str] = (),
     project_root: str | None = None,
     redact_secrets: bool = True,
+    capture_code_variables: bool = False,
     rate_limit: tuple[int, float] | None = (
         _rate_limit.DEFAULT_BURST,
         _rate_limit.DEFAULT_PER_SECOND,
@@ -118,6 +119,7 @@ def install(
             in_app_exclude=in_app_exclude,
             project_root=project_root,
             redact_secrets=redact_secrets,
+            capture_code_variables=capture_code_variables,
         )
         handler = (
             PostHogHandler(levels=levels, capture_messages=capture_messages, reporter=reporter)

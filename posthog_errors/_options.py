@@ -21,7 +21,9 @@ class PayloadOptions:
     ``myapp.views``); include wins over exclude, and both win over the path rules.
     ``project_root``, when set, makes only code under that directory in-app.
     ``redact_secrets`` filters URL credentials, auth header values and ``password=...``
-    from exception values and log messages.
+    from exception values and log messages. ``capture_code_variables`` (off by default)
+    sends each in-app frame's locals, masked, within ``code_variables_budget`` bytes per
+    event.
     """
 
     in_app_include: tuple[str, ...] = ()
@@ -34,6 +36,8 @@ class PayloadOptions:
     max_line_length: int = 1000
     max_event_bytes: int = 512 * 1024
     redact_secrets: bool = True
+    capture_code_variables: bool = False
+    code_variables_budget: int = 16 * 1024
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "in_app_include", _modules("in_app_include", self.in_app_include))
@@ -53,6 +57,7 @@ class PayloadOptions:
             ("max_value_length", 16),
             ("max_line_length", 16),
             ("max_event_bytes", 16 * 1024),
+            ("code_variables_budget", 0),
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:

@@ -12,6 +12,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+from posthog_errors._code_variables import VariableBudget, serialize_locals
 from posthog_errors._frames import FrameBuilder, safe_text
 from posthog_errors._options import PayloadOptions, as_names
 from posthog_errors._redact import redact
@@ -46,6 +47,7 @@ def exception_properties(
     in_app_exclude: Iterable[str] = (),
     project_root: str | None = None,
     max_frames: int = 100,
+    capture_code_variables: bool = False,
 ) -> dict[str, Any]:
     """The ``$exception`` properties for ``exc``, as this library would send them.
 
@@ -53,7 +55,14 @@ def exception_properties(
     PostHog will receive. Bad options raise ``ValueError``/``TypeError``; a bad exception
     never makes it raise.
     """
-    options = _options(as_names(in_app_include), as_names(in_app_exclude), project_root, max_frames)
+    options = _options(
+        as_names(in_app_include),
+        as_names(in_app_exclude),
+        project_root,
+        max_frames,
+        bool(capture_code_variables),
+    )
+    builder = _builder(options)
     if not isinstance(exc, BaseException):
         raise TypeError(f"exception_properties() takes an exception, got {type(exc).__name__}")
     if level not in LEVELS:
@@ -62,22 +71,33 @@ def exception_properties(
         uuid="",
         timestamp=0.0,
         exceptions=walk_exceptions(
-            exc, max_exceptions=options.max_exceptions, max_frames=options.max_frames
+            exc,
+            max_exceptions=options.max_exceptions,
+            max_frames=options.max_frames,
+            locals_for=builder.in_app_code if options.capture_code_variables else None,
         ),
         level=level,
         handled=bool(handled),
         mechanism=mechanism,
         source=source,
     )
-    return build_properties(snapshot, _builder(options))
+    return build_properties(snapshot, builder)
 
 
 @functools.lru_cache(maxsize=16)
 def _options(
-    include: tuple[str, ...], exclude: tuple[str, ...], root: str | None, max_frames: int
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    root: str | None,
+    max_frames: int,
+    code_variables: bool,
 ) -> PayloadOptions:
     return PayloadOptions(
-        in_app_include=include, in_app_exclude=exclude, project_root=root, max_frames=max_frames
+        in_app_include=include,
+        in_app_exclude=exclude,
+        project_root=root,
+        max_frames=max_frames,
+        capture_code_variables=code_variables,
     )
 
 
@@ -98,8 +118,9 @@ def build_properties(
     options = builder.options
     entries: list[dict[str, Any]] = []
     sizes: list[int] = []
+    budget = VariableBudget(options.code_variables_budget)
     for entry in snapshot.exceptions:
-        payload, size = _exception_entry(entry, snapshot, builder, share_frames)
+        payload, size = _exception_entry(entry, snapshot, builder, share_frames, budget)
         entries.append(payload)
         sizes.append(size)
     if snapshot.prebuilt_exceptions:
@@ -128,7 +149,11 @@ def build_properties(
 
 
 def _exception_entry(
-    entry: ExceptionSnapshot, snapshot: EventSnapshot, builder: FrameBuilder, share_frames: bool
+    entry: ExceptionSnapshot,
+    snapshot: EventSnapshot,
+    builder: FrameBuilder,
+    share_frames: bool,
+    budget: VariableBudget,
 ) -> tuple[dict[str, Any], int]:
     limit = builder.options.max_value_length
     exc = entry.exception
@@ -162,8 +187,27 @@ def _exception_entry(
                 }
             )
             size += frame_size
+        if entry.frame_locals is not None:
+            size += _attach_code_variables(frames, entry.frame_locals, budget)
         result["stacktrace"] = {"type": "raw", "frames": frames}
     return result, size
+
+
+def _attach_code_variables(
+    frames: list[dict[str, Any]],
+    frame_locals: tuple[dict[str, Any] | None, ...],
+    budget: VariableBudget,
+) -> int:
+    """Each in-app frame's own locals, innermost frames first (they matter most)."""
+    before = budget.remaining
+    for index in reversed(range(min(len(frames), len(frame_locals)))):
+        variables = frame_locals[index]
+        if variables is None or not frames[index]["in_app"] or budget.remaining <= 0:
+            continue
+        serialized = serialize_locals(variables, budget)
+        if serialized:
+            frames[index] = {**frames[index], "code_variables": serialized}
+    return before - budget.remaining
 
 
 def _mechanism(entry: ExceptionSnapshot, snapshot: EventSnapshot) -> dict[str, Any]:
@@ -192,9 +236,9 @@ def _shrink(entries: list[dict[str, Any]], budget: int) -> None:
     """Fit an oversized event, measuring the real JSON after each step.
 
     An event over the client's 900 KiB limit is dropped silently after its uuid was
-    returned, so sending less beats sending nothing. Steps, least valuable first: context
-    lines around each frame, middle frames, each frame's own line, long values, then the
-    stack traces of the innermost (last) entries.
+    returned, so sending less beats sending nothing. Steps, least valuable first: code
+    variables, context lines around each frame, middle frames, each frame's own line, long
+    values, then the stack traces of the innermost (last) entries.
     """
 
     def frames_of(entry: dict[str, Any]) -> list[dict[str, Any]]:
@@ -213,6 +257,17 @@ def _shrink(entries: list[dict[str, Any]], budget: int) -> None:
     def fits() -> bool:
         return len(json.dumps(entries).encode()) <= budget
 
+    if fits():
+        return
+    for entry in entries:  # code variables go first
+        if "stacktrace" in entry:
+            entry["stacktrace"] = {
+                **entry["stacktrace"],
+                "frames": [
+                    {k: v for k, v in frame.items() if k != "code_variables"}
+                    for frame in frames_of(entry)
+                ],
+            }
     if fits():
         return
     replace_frames(pre_context=[], post_context=[])

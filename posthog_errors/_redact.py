@@ -20,12 +20,17 @@ _URL_CREDENTIALS = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:@/\s]*):
 _AUTH_SCHEME = re.compile(
     r"(?P<head>\b(?:bearer|basic|token|digest)\s+)[A-Za-z0-9\-._~+/]{12,}=*", re.IGNORECASE
 )
-# password=..., api_key: ..., secret="..."
+# password=..., api_key: ..., secret="..." (a quoted value may hold spaces)
 _SECRET_ASSIGNMENT = re.compile(
     r"(?P<head>\b(?:password|passwd|pwd|secret|api[_-]?key|access[_-]?token|auth[_-]?token)"
-    r"\b\s*[=:]\s*)(?P<quote>['\"]?)[^\s'\",;&]+(?P=quote)",
+    r"\b\s*[=:]\s*)(?:(?P<quote>['\"])(?:(?!(?P=quote)).)*(?P=quote)|[^\s'\",;&]+)",
     re.IGNORECASE,
 )
+
+
+def _filtered_assignment(match: re.Match[str]) -> str:
+    quote = match.group("quote") or ""
+    return f"{match.group('head')}{quote}{FILTERED}{quote}"
 
 
 def redact(text: str) -> str:
@@ -33,4 +38,4 @@ def redact(text: str) -> str:
     if "://" in text:
         text = _URL_CREDENTIALS.sub(rf"\g<head>:{FILTERED}@", text)
     text = _AUTH_SCHEME.sub(rf"\g<head>{FILTERED}", text)
-    return _SECRET_ASSIGNMENT.sub(rf"\g<head>\g<quote>{FILTERED}\g<quote>", text)
+    return _SECRET_ASSIGNMENT.sub(_filtered_assignment, text)

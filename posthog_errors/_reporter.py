@@ -83,6 +83,7 @@ class Reporter:
         project_root: str | None = None,
         max_frames: int = 100,
         redact_secrets: bool = True,
+        capture_code_variables: bool = False,
     ) -> None:
         self.client_source = ClientSource(client, api_key=api_key, host=host)
         self.options = PayloadOptions(
@@ -91,6 +92,7 @@ class Reporter:
             project_root=project_root,
             max_frames=max_frames,
             redact_secrets=bool(redact_secrets),
+            capture_code_variables=bool(capture_code_variables),
         )
         self.frames = FrameBuilder(self.options)
         if before_send is not None and not callable(before_send):
@@ -196,7 +198,10 @@ class Reporter:
             return None
         options = self.options
         exceptions = walk_exceptions(
-            exc, max_exceptions=options.max_exceptions, max_frames=options.max_frames
+            exc,
+            max_exceptions=options.max_exceptions,
+            max_frames=options.max_frames,
+            locals_for=self.frames.in_app_code if options.capture_code_variables else None,
         )
         return self._submit(event_uuid, exc, exceptions, fields)
 

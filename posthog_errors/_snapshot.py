@@ -16,7 +16,7 @@ import random
 import sys
 from collections.abc import Callable
 from types import CodeType, FrameType, TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 __all__ = [
     "UUIDS",
@@ -51,6 +51,8 @@ class ExceptionSnapshot:
     stack_is_synthetic: bool = False  # frames come from the call site, not a traceback
     synthetic_type: str | None = None  # message-only entries have no exception object
     synthetic_value: str | None = None
+    # Per frame, a shallow copy of its locals (opt-in code variables; in-app frames only).
+    frame_locals: tuple[dict[str, Any] | None, ...] | None = None
 
 
 class LateProperties(Protocol):
@@ -110,6 +112,10 @@ class _UuidSource:
 UUIDS = _UuidSource()
 
 
+# Decides, per frame, whether to copy its locals: (code, module) -> bool.
+LocalsFilter = Callable[[CodeType, object], bool]
+
+
 def frames_from_traceback(
     tb: TracebackType | None, max_frames: int
 ) -> tuple[tuple[FrameRef, ...], int]:
@@ -120,6 +126,26 @@ def frames_from_traceback(
         frames.append((frame.f_code, tb.tb_lineno, frame.f_globals.get("__name__")))
         tb = tb.tb_next
     return _cap(frames, max_frames)
+
+
+def locals_from_traceback(
+    tb: TracebackType | None, max_frames: int, wanted: LocalsFilter
+) -> tuple[dict[str, Any] | None, ...]:
+    """Shallow copies of the locals of the frames ``wanted`` accepts, aligned with
+    ``frames_from_traceback`` (None for the others). Taken now: the app goes on changing
+    them."""
+    copies: list[dict[str, Any] | None] = []
+    while tb is not None:
+        frame = tb.tb_frame
+        copied = None
+        if wanted(frame.f_code, frame.f_globals.get("__name__")):
+            try:
+                copied = dict(frame.f_locals)
+            except Exception:
+                copied = None
+        copies.append(copied)
+        tb = tb.tb_next
+    return _cap(copies, max_frames)[0]
 
 
 def frames_from_stack(
@@ -143,7 +169,11 @@ def frames_from_stack(
 
 
 def walk_exceptions(
-    exc: BaseException, *, max_exceptions: int, max_frames: int
+    exc: BaseException,
+    *,
+    max_exceptions: int,
+    max_frames: int,
+    locals_for: LocalsFilter | None = None,
 ) -> list[ExceptionSnapshot]:
     """The exception, its causes/contexts and group members, outermost first.
 
@@ -161,7 +191,8 @@ def walk_exceptions(
         if id(current) in seen:
             continue
         seen.add(id(current))
-        frames, omitted = frames_from_traceback(_traceback_of(current), max_frames)
+        tb = _traceback_of(current)
+        frames, omitted = frames_from_traceback(tb, max_frames)
         entry = ExceptionSnapshot(
             exception=current,
             frames=frames,
@@ -171,6 +202,9 @@ def walk_exceptions(
             relation=relation,
             is_group=group_members(current) is not None,
         )
+        if locals_for is not None and frames:
+            # Each exception's own traceback: chained exceptions get their own locals.
+            entry.frame_locals = locals_from_traceback(tb, max_frames, locals_for)
         if not frames and parent_id is None:
             # Never raised (``capture_exception(ValueError(...))``): show where it was
             # captured instead, marked synthetic.
@@ -232,7 +266,10 @@ def _is_own_module(module: object) -> bool:
     )
 
 
-def _cap(frames: list[FrameRef], max_frames: int) -> tuple[tuple[FrameRef, ...], int]:
+T = TypeVar("T")
+
+
+def _cap(frames: list[T], max_frames: int) -> tuple[tuple[T, ...], int]:
     if len(frames) <= max_frames:
         return tuple(frames), 0
     head = max_frames // 2

@@ -230,3 +230,37 @@ def test_bad_install_options_fail_clearly(posthog_client: posthog.Posthog) -> No
     with pytest.raises(ValueError, match="max_queue_size"):
         posthog_errors.install(posthog_client, max_queue_size=0)
     assert posthog_errors._install.active_installation() is None
+
+
+def test_a_handler_on_every_logger_and_posthogs_own_exception_logging_make_no_loop() -> None:
+    with CaptureServer(fault=Fault(status=500)) as server:
+        result = run_script(
+            """
+            import logging, time
+            client = posthog.Posthog("phc_test", host=sys.argv[1], flush_interval=0.01,
+                                     max_retries=1, log_captured_exceptions=True)
+            logging.getLogger().setLevel(logging.DEBUG)
+            installation = posthog_errors.install(client, levels="*")
+            # A handler on every logger there is, the client's and this library's included.
+            names = ["posthog", "posthog.consumer", "urllib3", "urllib3.connectionpool",
+                     "backoff", "requests", "posthog_errors", "app"]
+            for name in names + list(logging.Logger.manager.loggerDict):
+                logging.getLogger(name).addHandler(installation.handler)
+            try:
+                raise ValueError("the only real failure")
+            except ValueError as error:
+                client.capture_exception(error)          # posthog-python logs it too
+                logging.getLogger("app").exception("and the app logs it")
+            time.sleep(4)
+            print(posthog_errors.stats())
+            """,
+            server.url,
+        )
+        assert result.returncode == 0, result.stderr
+        requests = server.request_count
+    stats = eval(result.stdout.strip().splitlines()[-1])
+    # The app's record reaches the handler twice (on "app" and, propagated, on the root):
+    # both times it is posthog-python's already-sent exception.
+    assert stats["captured"] == stats["deduplicated"] == 2 and stats["sent"] == 0, stats
+    # posthog-python's event and ours are one batch or two, each tried twice: no growth.
+    assert 1 <= requests <= 4
