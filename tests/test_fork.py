@@ -11,7 +11,7 @@ import pytest
 
 from posthog_errors.capture_server import CaptureServer
 
-FORKS = 10
+FORKS = 25
 
 SCRIPT = """
 import os, sys, threading
