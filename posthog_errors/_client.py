@@ -2,7 +2,9 @@
 
 Resolution, in order: the ``client`` argument (a ``posthog.Posthog``, or a zero-argument
 callable returning one per event, for multi-tenant apps), then ``api_key``/``host``, then
-the environment (``POSTHOG_API_KEY`` or ``POSTHOG_PROJECT_API_KEY``, and ``POSTHOG_HOST``).
+the client ``install()`` configured (so a handler or processor made without one follows
+it), then the environment (``POSTHOG_API_KEY`` or ``POSTHOG_PROJECT_API_KEY``, and
+``POSTHOG_HOST``).
 With none of them, a single warning, and nothing is captured: never an exception.
 """
 
@@ -28,7 +30,12 @@ class ClientSource:
     """
 
     def __init__(
-        self, client: Any = None, *, api_key: str | None = None, host: str | None = None
+        self,
+        client: Any = None,
+        *,
+        api_key: str | None = None,
+        host: str | None = None,
+        fallback: Callable[[], Any] | None = None,
     ) -> None:
         if client is not None and not _is_client(client) and not callable(client):
             raise TypeError(
@@ -39,6 +46,7 @@ class ClientSource:
             if value is not None and not isinstance(value, str):
                 raise TypeError(f"{name} must be a string, got {value!r}")
         self._client = client
+        self._fallback = fallback
         self._api_key = api_key
         self._host = host
         self._built: Any = None
@@ -55,6 +63,10 @@ class ClientSource:
             if produced is None or _is_client(produced):
                 return produced
             raise TypeError(f"the client callable returned {produced!r}, not a posthog client")
+        if self._api_key is None and self._fallback is not None:
+            installed = self._fallback()
+            if installed is not None:
+                return installed
         if self._built is None:
             self._build()
         return self._built

@@ -250,9 +250,21 @@ def carry_context(function: Callable[P, R]) -> Callable[P, R]:
     @functools.wraps(function)
     def run_in_captured_context(*args: P.args, **kwargs: P.kwargs) -> R:
         # A copy per call: one Context cannot be entered by two threads at once.
-        return captured.copy().run(function, *args, **kwargs)
+        result: R = captured.copy().run(_remembering, function, *args, **kwargs)
+        return result
 
     return run_in_captured_context
+
+
+def _remembering(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run ``function``; an exception escaping it remembers the carried binding, as if it
+    had escaped a ``bind()`` block (the thread's excepthook runs outside the carried
+    context)."""
+    try:
+        return function(*args, **kwargs)
+    except BaseException as exc:
+        remember_binding(exc, _binding.get())
+        raise
 
 
 def _as_id(value: Any) -> str | None:

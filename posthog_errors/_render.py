@@ -6,10 +6,9 @@ Shared by ``posthog-errors demo`` and ``posthog-errors serve``.
 from __future__ import annotations
 
 import os
-import sys
 from typing import Any, TextIO
 
-__all__ = ["Style", "render_event"]
+__all__ = ["Style", "fingerprint_of", "render_event"]
 
 
 class Style:
@@ -35,9 +34,9 @@ class Style:
         return self._wrap("36", text)
 
 
-def render_event(event: dict[str, Any], *, style: Style | None = None, max_frames: int = 3) -> str:
-    """One block: headline, who and where from, then the innermost in-app frames."""
-    style = style or Style(sys.stdout)
+def render_event(event: dict[str, Any], style: Style, *, max_frames: int = 3) -> str:
+    """One block: the exception, who and where from, then the innermost in-app frames of
+    each exception of the chain, with their code, like a traceback."""
     props = event.get("properties") or {}
     exceptions = props.get("$exception_list") or [{}]
     root = exceptions[0]
@@ -50,23 +49,52 @@ def render_event(event: dict[str, Any], *, style: Style | None = None, max_frame
             f"source={props.get('$exception_source')}  handled={props.get('$exception_handled')}"
         ),
     ]
-    if props.get("$session_id"):
-        lines.append(style.dim(f"  session_id={props['$session_id']}"))
-    if props.get("$exception_fingerprint"):
-        lines.append(style.dim(f"  fingerprint={props['$exception_fingerprint']}"))
+    for key in ("$session_id", "$exception_fingerprint", "$sentry_event_id"):
+        if props.get(key):
+            lines.append(style.dim(f"  {key.lstrip('$')}={props[key]}"))
     for index, entry in enumerate(exceptions):
         if index:
             relation = (entry.get("mechanism") or {}).get("source", "context")
             lines.append(f"  {relation}: {entry.get('type')}: {entry.get('value')}")
         frames = (entry.get("stacktrace") or {}).get("frames") or []
         shown = [f for f in frames if f.get("in_app")][-max_frames:]
-        for frame in shown:
+        for position, frame in enumerate(shown):
             lines.append(
                 style.cyan(
                     f'    File "{frame.get("filename")}", line {frame.get("lineno")}, '
                     f"in {frame.get('function')}"
                 )
             )
-            if frame.get("context_line"):
-                lines.append(f"      {frame['context_line'].strip()}")
+            innermost = position == len(shown) - 1
+            lines.extend(_code(frame, style, full=innermost))
     return "\n".join(lines)
+
+
+def _code(frame: dict[str, Any], style: Style, *, full: bool) -> list[str]:
+    line = frame.get("context_line")
+    if not isinstance(line, str):
+        return []
+    if not full:
+        return [f"      {line.strip()}"]
+    before = [s for s in frame.get("pre_context") or [] if isinstance(s, str)][-2:]
+    after = [s for s in frame.get("post_context") or [] if isinstance(s, str)][:1]
+    lineno = frame.get("lineno") or 0
+    out = []
+    for offset, text in enumerate(before, start=lineno - len(before)):
+        out.append(style.dim(f"      {offset:>4}   {text}"))
+    out.append(style.bold(f"      {lineno:>4} > {line}"))
+    for offset, text in enumerate(after, start=lineno + 1):
+        out.append(style.dim(f"      {offset:>4}   {text}"))
+    return out
+
+
+def fingerprint_of(event: dict[str, Any]) -> str:
+    """What groups an event in a summary: its fingerprint, else type and raising line."""
+    props = event.get("properties") or {}
+    if isinstance(props.get("$exception_fingerprint"), str):
+        return str(props["$exception_fingerprint"])
+    root = (props.get("$exception_list") or [{}])[0]
+    frames = (root.get("stacktrace") or {}).get("frames") or []
+    in_app = [f for f in frames if f.get("in_app")] or frames
+    where = f" at {in_app[-1].get('filename')}:{in_app[-1].get('lineno')}" if in_app else ""
+    return f"{root.get('type', '?')}{where}"

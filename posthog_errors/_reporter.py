@@ -85,7 +85,9 @@ class Reporter:
         redact_secrets: bool = True,
         capture_code_variables: bool = False,
     ) -> None:
-        self.client_source = ClientSource(client, api_key=api_key, host=host)
+        self.client_source = ClientSource(
+            client, api_key=api_key, host=host, fallback=self._installed_client
+        )
         self.options = PayloadOptions(
             in_app_include=as_names(in_app_include),
             in_app_exclude=as_names(in_app_exclude),
@@ -99,6 +101,13 @@ class Reporter:
             raise TypeError(f"before_send must be a callable or None, got {before_send!r}")
         self.before_send = before_send
         self.ignore = _exception_types(ignore)
+
+    def _installed_client(self) -> Any:
+        """The client of the reporter ``install()`` set, when it is not this one."""
+        installed = _default
+        if installed is None or installed is self:
+            return None
+        return installed.client_source.resolve()
 
     # -- caller's thread -------------------------------------------------------------
 

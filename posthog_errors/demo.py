@@ -1,23 +1,32 @@
-"""``posthog-errors demo``: a small app that fails, captured by a local capture server.
+"""``posthog-errors demo``: a small app that fails through every door, offline.
 
-Offline by design: the server listens on 127.0.0.1 and the real posthog client sends to it,
-so what is printed is exactly what PostHog would have received.
+An embedded PostHog-compatible capture server listens on 127.0.0.1 and the real posthog
+client sends to it, so what is printed is exactly what PostHog would have received.
 """
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import json
+import logging
+import os
+import subprocess
 import sys
+import threading
 from typing import Any, TextIO
 
 import posthog
 
 import posthog_errors
-from posthog_errors import _reporter
 from posthog_errors._render import Style, render_event
 from posthog_errors.capture_server import CaptureServer
 
-__all__ = ["run_demo"]
+__all__ = ["crash_in_child", "run_demo"]
+
+# The sample app lives in this package, whose frames are otherwise not in-app.
+IN_APP = [__name__]
+logger = logging.getLogger("shop.checkout")
 
 
 # -- the sample app ------------------------------------------------------------------
@@ -45,44 +54,135 @@ def load_settings(raw: str) -> dict[str, Any]:
     return settings
 
 
-def sample_app() -> int:
-    """Fail in a few ways and report each failure; returns how many were reported."""
-    reported = 0
+def resize_images(batch: list[str]) -> None:
+    for name in batch:
+        if not name.endswith(".png"):
+            raise OSError(f"cannot decode {name!r}")
+
+
+async def send_receipt(order_id: str, customer: str) -> None:
+    async with posthog_errors.bind(customer):
+        await asyncio.sleep(0)
+        raise ConnectionError(f"mail server refused the receipt for {order_id}")
+
+
+def crash_in_child() -> None:
+    """Run in a child process: an uncaught exception, reported by install()'s excepthook."""
+    posthog_errors.install(in_app_include=IN_APP, logs=False)
+    posthog_errors.set_distinct_id("user_7")
+    load_settings("{not json")
+
+
+# -- the doors ---------------------------------------------------------------------
+
+
+def _logging_door() -> None:
+    with posthog_errors.bind("user_42", properties={"plan": "pro"}):
+        try:
+            checkout({"id": "A-1001", "amount": 250})
+        except PaymentError:
+            logger.exception("checkout failed")
+
+
+def _manual_door() -> None:
     try:
-        checkout({"id": "A-1001", "amount": 250})
-    except PaymentError as error:
-        reported += posthog_errors.capture_exception(error, distinct_id="user_42") is not None
+        load_settings("{'single': 'quotes'}")
+    except ValueError as error:
+        posthog_errors.capture_exception(error, level="warning")  # no ID: personless
+
+
+def _structlog_door() -> bool:
     try:
-        load_settings("{not json")
-    except ValueError:
-        # No distinct ID anywhere: the event is personless.
-        reported += posthog_errors.capture_exception(level="warning") is not None
-    return reported
+        import structlog
+
+        from posthog_errors.structlog import PostHogProcessor
+    except ImportError:
+        return False
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            PostHogProcessor(in_app_include=IN_APP),
+        ],
+        logger_factory=structlog.ReturnLoggerFactory(),  # the demo prints events, not logs
+    )
+    try:
+        structlog.contextvars.bind_contextvars(distinct_id="user_99")
+        structlog.get_logger().error("inventory out of sync", sku="SKU-9")  # a message
+    finally:
+        structlog.contextvars.clear_contextvars()
+        structlog.reset_defaults()
+    return True
+
+
+def _thread_door() -> None:
+    with posthog_errors.bind("user_13"):  # carried into the thread by carry_context
+        thread = threading.Thread(
+            target=posthog_errors.carry_context(resize_images), args=(["a.png", "b.jpg"],)
+        )
+    thread.start()
+    thread.join()
+
+
+def _asyncio_door() -> None:
+    async def main() -> None:
+        task = asyncio.ensure_future(send_receipt("A-1002", customer="user_21"))
+        await asyncio.sleep(0.01)
+        del task  # never awaited: "Task exception was never retrieved"
+        gc.collect()
+
+    asyncio.run(main())
+
+
+def _child_process_door(url: str) -> None:
+    env = {**os.environ, "POSTHOG_API_KEY": "phc_demo", "POSTHOG_HOST": url}
+    subprocess.run(
+        [sys.executable, "-c", "from posthog_errors.demo import crash_in_child; crash_in_child()"],
+        env=env,
+        capture_output=True,  # its traceback is the child's business
+        timeout=60,
+    )
 
 
 # -- the command -----------------------------------------------------------------------
 
 
 def run_demo(*, as_json: bool = False, out: TextIO | None = None) -> int:
+    """Run the sample app against a local capture server; print what PostHog received."""
     out = out or sys.stdout
     style = Style(out)
+    quiet_hook, previous_hook = (lambda args: None), threading.excepthook
     with CaptureServer() as server:
         client = posthog.Posthog("phc_demo", host=server.url, flush_interval=0.05)
-        # The sample app lives in this package, whose frames are otherwise not in-app.
-        reporter = _reporter.Reporter(client, in_app_include=[__name__])
-        previous = _reporter.set_default_reporter(reporter)
+        threading.excepthook = quiet_hook  # the thread's traceback would clutter the demo
+        installation = posthog_errors.install(client, in_app_include=IN_APP)
         try:
-            reported = sample_app()
+            _logging_door()
+            _manual_door()
+            with_structlog = _structlog_door()
+            _thread_door()
+            _asyncio_door()
+            _child_process_door(server.url)
             posthog_errors.flush(10)
-            events = server.wait_for_events(reported, timeout=10)
+            expected = 6 if with_structlog else 5
+            events = server.wait_for_events(expected, timeout=10)
         finally:
-            _reporter.set_default_reporter(previous)
+            installation.uninstall()
+            threading.excepthook = previous_hook
             client.shutdown()
     if as_json:
         json.dump(events, out, indent=2)
         out.write("\n")
-        return 0 if len(events) == reported else 1
-    out.write(style.bold(f"PostHog received {len(events)} $exception event(s) at {server.url}\n\n"))
-    for event in events:
-        out.write(render_event(event, style=style) + "\n\n")
-    return 0 if len(events) == reported else 1
+        return 0 if len(events) >= expected else 1
+    sources = sorted({e["properties"].get("$exception_source", "?") for e in events})
+    out.write(
+        style.bold(
+            f"PostHog received {len(events)} $exception events at {server.url}, "
+            f"from {len(sources)} doors: {', '.join(sources)}\n\n"
+        )
+    )
+    for event in sorted(events, key=lambda e: str(e["properties"].get("$exception_source"))):
+        out.write(render_event(event, style) + "\n\n")
+    if not with_structlog:
+        out.write(style.dim("(structlog is not installed: its door was skipped)\n"))
+    return 0 if len(events) >= expected else 1
