@@ -6,12 +6,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test lint typecheck unit docs bench clean
 
 demo: $(STAMP)
 	$(BIN)/python -m posthog_errors demo
 
-test: $(STAMP) lint typecheck unit
+test: $(STAMP) lint typecheck unit docs
 
 lint: $(STAMP)
 	$(BIN)/ruff check posthog_errors tests benchmarks
@@ -22,6 +22,11 @@ typecheck: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The documentation site, into site/ (git-ignored); --strict turns every warning (a broken
+# link or anchor, a reference the code no longer has) into a failure.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_capture.py --write-doc
@@ -34,4 +39,4 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache site

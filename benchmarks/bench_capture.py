@@ -574,7 +574,7 @@ def render_doc_block(
         f"{config.batch}; {config.cpu_reps} repetitions of {config.cpu_events} "
         f"(repeated site) and {config.cpu_fresh_events} (fresh sites) events end to end.",
         "",
-        "<details><summary>Spread, and where the CPU goes</summary>",
+        '<details markdown="1"><summary>Spread, and where the CPU goes</summary>',
         "",
         *_detail_tables(caller, cpu),
         "",

@@ -683,7 +683,7 @@ def render_doc_block(
         "",
         note,
         "",
-        "<details><summary>Spread and details</summary>",
+        '<details markdown="1"><summary>Spread and details</summary>',
         "",
         *(f"- {line}" for line in details),
         "",

@@ -164,6 +164,7 @@ def get_distinct_id() -> str | None:
 
 
 def get_session_id() -> str | None:
+    """The session ID an event captured here and now would carry (None: no session)."""
     return resolve(None, None, None)[1]
 
 

@@ -34,6 +34,8 @@ class Installation:
         self._previous_default: Reporter | None = None
 
     def uninstall(self) -> None:
+        """Put back each hook only if ours is still the installed one, remove the root
+        handler, and restore the default reporter. Queued events are still delivered."""
         global _active
         with _lock:
             for restore in reversed(self._restores):

@@ -126,7 +126,14 @@ class Reporter:
     ) -> str | None:
         """Snapshot ``exc`` and queue it; the event uuid, or None when nothing will be sent."""
         fields = EventFields(
-            level, handled, mechanism, source, distinct_id, session_id, properties, fingerprint
+            level,
+            handled,
+            mechanism,
+            source,
+            distinct_id,
+            session_id,
+            properties,
+            _fingerprint_text(fingerprint),
         )
         return self._guarded(self._capture, exc, fields)
 
@@ -338,6 +345,16 @@ class Reporter:
         logger.warning("before_send returned %r, not a dict or None; ignored", type(result))
         STATS.add("invalid_input")
         return properties
+
+
+def _fingerprint_text(value: object) -> str | None:
+    """A fingerprint as PostHog takes it: a string (a list or tuple is joined with "/")."""
+    if value is None or isinstance(value, str):
+        return value
+    STATS.add("invalid_input")
+    if isinstance(value, (list, tuple)):
+        return "/".join(str(part) for part in value)
+    return str(value)
 
 
 def _rate_limited(key: Callable[[], Hashable]) -> bool:

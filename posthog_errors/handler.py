@@ -44,8 +44,9 @@ class PostHogHandler(logging.Handler):
 
     Records with an exception become events of that exception; records without one become
     message-only events (one synthetic entry, the call site's stack, a fingerprint from the
-    logger name and the unformatted template) unless ``capture_messages`` is false.
-    ``levels`` is an allow list, not a threshold (see :mod:`posthog_errors._levels`).
+    logger name and the unformatted template, unless the record's ``extra`` sets
+    ``$exception_fingerprint``) unless ``capture_messages`` is false. ``levels`` is an allow
+    list, not a threshold: ``["debug", "error"]`` sends DEBUG and ERROR records only.
     """
 
     def __init__(
@@ -139,7 +140,7 @@ class PostHogHandler(logging.Handler):
             frames, omitted = call_site_frames(self.reporter.options.max_frames)
             self.reporter.capture_message(
                 message,
-                fingerprint=fingerprint(record.name, template),
+                fingerprint=_extra_fingerprint(extras) or fingerprint(record.name, template),
                 frames=frames,
                 frames_omitted=omitted,
                 level=level,
@@ -159,6 +160,13 @@ class PostHogHandler(logging.Handler):
     def flush(self) -> None:
         """Does not wait for delivery (``logging.shutdown`` calls this at exit, and the
         library's own exit flush already sends what is queued, bounded)."""
+
+
+def _extra_fingerprint(extras: dict[str, Any]) -> str | None:
+    value = extras.get("$exception_fingerprint")
+    if value is None:
+        return None
+    return value if isinstance(value, str) else str(value)
 
 
 def _message(record: logging.LogRecord) -> str:

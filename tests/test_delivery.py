@@ -276,3 +276,17 @@ def test_a_server_that_never_answers_blocks_neither_capture_nor_exit() -> None:
     assert elapsed < 20
     assert "uuid None" not in result.stdout
     assert requests and requests[0].status == 0  # the event really was on its way
+
+
+def test_a_list_fingerprint_is_joined_and_counted(
+    capture_server: CaptureServer, reporter: Reporter
+) -> None:
+    try:
+        fail_deep(0)
+    except ValueError as exc:
+        fingerprint: Any = ["checkout", "declined"]  # not a string: a fallback, counted
+        assert posthog_errors.capture_exception(exc, fingerprint=fingerprint) is not None
+    assert posthog_errors.flush(5)
+    [event] = capture_server.wait_for_events(1)
+    assert event["properties"]["$exception_fingerprint"] == "checkout/declined"
+    assert posthog_errors.stats()["invalid_input"] == 1

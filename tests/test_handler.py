@@ -306,3 +306,14 @@ def test_fileconfig_example_from_the_docs(
     assert posthog_errors.flush(5)
     [event] = capture_server.wait_for_events(1)
     assert event["properties"]["$exception_fingerprint"] == "root:inventory %s out of sync"
+
+
+def test_an_extra_fingerprint_wins_over_the_template(
+    capture_server: CaptureServer, posthog_client: posthog.Posthog, logging_state: None
+) -> None:
+    logger = logging.getLogger("test.fingerprint")
+    attach(logger, PostHogHandler(client=posthog_client), logging.INFO)
+    logger.error("payment %s declined", "A-1", extra={"$exception_fingerprint": "payments"})
+    assert posthog_errors.flush(5)
+    [event] = capture_server.wait_for_events(1)
+    assert event["properties"]["$exception_fingerprint"] == "payments"
