@@ -71,7 +71,8 @@ def _parser() -> argparse.ArgumentParser:
         help="send one test exception to your PostHog project (and Sentry)",
         description="Send one test exception with a recognisable distinct ID to the project "
         "of POSTHOG_API_KEY (at POSTHOG_HOST), and say what to look for. With sentry-sdk "
-        "installed and SENTRY_DSN set, send it through Sentry too and print both links.",
+        "installed and SENTRY_DSN set, send it through Sentry too and print both links "
+        "(SENTRY_ORG, and SENTRY_URL_PREFIX for self-hosted Sentry, make the Sentry link).",
     )
     return parser
 
@@ -185,7 +186,10 @@ def _through_sentry(client: Any, distinct_id: str) -> list[str]:
         from posthog_errors.sentry import POSTHOG_ID_TAG, PostHogIntegration
     except ImportError:
         return ["(SENTRY_DSN is set but sentry-sdk is not installed: Sentry was skipped.)"]
-    sentry_sdk.init(dsn=dsn, integrations=[PostHogIntegration(client)])
+    organization = os.environ.get("SENTRY_ORG")  # for the link to the Sentry issue
+    prefix = os.environ.get("SENTRY_URL_PREFIX") or "https://sentry.io/organizations/"
+    integration = PostHogIntegration(client, organization=organization, prefix=prefix)
+    sentry_sdk.init(dsn=dsn, integrations=[integration])
     with sentry_sdk.isolation_scope():
         sentry_sdk.set_tag(POSTHOG_ID_TAG, distinct_id)
         try:
@@ -193,9 +197,11 @@ def _through_sentry(client: Any, distinct_id: str) -> list[str]:
         except PostHogErrorsTestException as error:
             event_id = sentry_sdk.capture_exception(error)
     sentry_sdk.flush(10)
+    link = integration.sentry_url(str(event_id), dsn) if event_id else None
     return [
         "In Sentry, look for the event",
         f"  event ID     {event_id}",
+        f"  link         {link or '(set SENTRY_ORG for a direct link)'}",
         f"  tag          {POSTHOG_ID_TAG}={distinct_id} (and a 'PostHog Person URL' tag)",
         "and in PostHog for a second $exception with $sentry_event_id " + str(event_id) + ".",
     ]

@@ -120,6 +120,7 @@ def test_test_command_sends_a_recognisable_exception_to_posthog_and_sentry() -> 
                 POSTHOG_API_KEY="phc_test",
                 POSTHOG_HOST=posthog_server.url,
                 SENTRY_DSN=sentry_server.dsn,
+                SENTRY_ORG="my-org",
             ),
         )
         assert result.returncode == 0, result.stderr
@@ -133,6 +134,10 @@ def test_test_command_sends_a_recognisable_exception_to_posthog_and_sentry() -> 
     }
     assert sentry_event["tags"]["posthog_distinct_id"] == distinct_id
     assert sentry_event["event_id"] in result.stdout
+    link = f"https://sentry.io/organizations/my-org/issues/?project=42&query={sentry_event['event_id']}"
+    assert link in result.stdout
+    linked = [e for e in events if e["properties"].get("$sentry_url") == link]
+    assert len(linked) == 1
 
 
 def test_colour_only_on_a_terminal_and_never_with_no_color(
