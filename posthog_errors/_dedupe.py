@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
-__all__ = ["CAPTURED_ATTR", "UUID_ATTR", "captured_uuid", "claim"]
+__all__ = ["CAPTURED_ATTR", "UUID_ATTR", "captured_uuid", "claim", "release"]
 
 CAPTURED_ATTR = "__posthog_exception_captured"
 UUID_ATTR = "__posthog_exception_uuid"
@@ -40,6 +40,23 @@ def claim(exc: BaseException, uuid: str) -> bool:
             if len(_unmarkable) > _UNMARKABLE_LIMIT:
                 _unmarkable.popitem(last=False)
         return True
+
+
+def release(exc: BaseException, uuid: str) -> None:
+    """Undo ``claim`` when the event was not sent after all (rate-limited, queue full, no
+    client): the mark must never name an event that does not exist, and another door, or
+    posthog-python, may still report the exception."""
+    with _lock:
+        entry = _unmarkable.get(id(exc))
+        if entry is not None and entry[0] is exc and entry[1] == uuid:
+            del _unmarkable[id(exc)]
+            return
+        try:
+            if getattr(exc, UUID_ATTR, None) == uuid:
+                delattr(exc, CAPTURED_ATTR)
+                delattr(exc, UUID_ATTR)
+        except Exception:
+            pass  # an exception that refuses this keeps its mark
 
 
 def captured_uuid(exc: BaseException) -> str | None:

@@ -209,17 +209,24 @@ class Reporter:
         if not _dedupe.claim(exc, event_uuid):
             STATS.add("deduplicated")
             return None
-        if _rate_limited(lambda: fields.fingerprint or _failure_site(exc)):
-            STATS.add("rate_limited")
-            return None
-        options = self.options
-        exceptions = walk_exceptions(
-            exc,
-            max_exceptions=options.max_exceptions,
-            max_frames=options.max_frames,
-            locals_for=self.frames.in_app_code if options.capture_code_variables else None,
-        )
-        return self._submit(event_uuid, exc, exceptions, fields)
+        queued = None
+        try:
+            if _rate_limited(lambda: fields.fingerprint or _failure_site(exc)):
+                STATS.add("rate_limited")
+                return None
+            options = self.options
+            exceptions = walk_exceptions(
+                exc,
+                max_exceptions=options.max_exceptions,
+                max_frames=options.max_frames,
+                locals_for=self.frames.in_app_code if options.capture_code_variables else None,
+            )
+            queued = self._submit(event_uuid, exc, exceptions, fields)
+            return queued
+        finally:
+            if queued is None:
+                # Not sent after all: the mark must not name an event that does not exist.
+                _dedupe.release(exc, event_uuid)
 
     def _capture_entries(
         self,

@@ -89,3 +89,23 @@ def test_rate_limit_can_be_turned_off(capture_server: CaptureServer, reporter: R
             posthog_errors.capture_exception(exc)
     assert posthog_errors.flush(5)
     assert len(capture_server.wait_for_events(30)) == 30
+
+
+def test_a_held_back_exception_keeps_no_mark_of_an_event_never_sent(
+    capture_server: CaptureServer, reporter: Reporter
+) -> None:
+    _rate_limit.configure((1, 0.0))  # one event per site, no refill
+    exceptions = []
+    for i in range(2):
+        try:
+            hot_loop_failure(i)
+        except ValueError as exc:
+            exceptions.append(exc)
+            posthog_errors.capture_exception(exc)
+    sent, held_back = exceptions
+    assert getattr(sent, "__posthog_exception_uuid", None) is not None
+    assert not hasattr(held_back, "__posthog_exception_captured")
+    assert not hasattr(held_back, "__posthog_exception_uuid")
+    assert posthog_errors.flush(5)
+    assert len(capture_server.wait_for_events(1)) == 1
+    assert posthog_errors.stats()["rate_limited"] == 1
