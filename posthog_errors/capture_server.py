@@ -17,15 +17,12 @@ import contextlib
 import dataclasses
 import gzip
 import json
-import socket
-import threading
-import time
 import zlib
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any, cast, final
 from urllib.parse import parse_qs, urlsplit
+
+from posthog_errors._loopback import LoopbackServer, QuietHandler
 
 __all__ = ["CaptureServer", "Fault", "ReceivedRequest"]
 
@@ -94,32 +91,10 @@ def _events_of(body: Any) -> list[dict[str, Any]] | None:
     return [e for e in body if isinstance(e, dict)]
 
 
-class _Httpd(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    block_on_close = False  # stop() joins handler threads itself, with a time bound
-
-    def __init__(self, owner: CaptureServer, port: int) -> None:
-        self.owner = owner
-        super().__init__(("127.0.0.1", port), _Handler)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """Clients hanging up mid-answer are expected here; never print tracebacks."""
-
-
-class _Handler(BaseHTTPRequestHandler):
-    timeout = 10  # an idle connection cannot pin a handler thread forever
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Silent: the demo and tests own stderr."""
-
-    def handle(self) -> None:
-        owner = cast(_Httpd, self.server).owner
-        owner._track(self.connection, True)
-        try:
-            super().handle()
-        finally:
-            owner._track(self.connection, False)
+class _Handler(QuietHandler):
+    @property
+    def capture(self) -> CaptureServer:
+        return cast(CaptureServer, self.owner)
 
     def _answer(
         self, status: int, payload: Any, extra: dict[str, str] | None = None, drip: float = 0.0
@@ -137,7 +112,7 @@ class _Handler(BaseHTTPRequestHandler):
         if drip <= 0:
             self.wfile.write(data)
             return
-        stopping = cast(_Httpd, self.server).owner._stopping
+        stopping = self.capture._stopping
         for i in range(len(data)):
             self.wfile.write(data[i : i + 1])
             self.wfile.flush()
@@ -159,7 +134,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._read_body()
             self._answer(200, _FLAGS_BODY)
             return
-        owner = cast(_Httpd, self.server).owner
+        owner = self.capture
         headers = dict(self.headers.items())
         raw = self._read_body()
         encoding = self.headers.get("Content-Encoding", "").strip().lower()
@@ -199,14 +174,16 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length) if 0 < length <= _MAX_BODY else b""
 
 
-@final  # a test fixture: compose it rather than subclass it
-class CaptureServer:
+@final
+class CaptureServer(LoopbackServer):
     """Records events posted by PostHog clients; see the module docstring.
 
     The socket is bound in ``__init__`` so :attr:`url` is usable before
     :meth:`start`. Faults apply to capture POSTs only: flag lookups always
     succeed, so a client under test stays quiet about them.
     """
+
+    handler_class = _Handler
 
     def __init__(
         self,
@@ -217,66 +194,13 @@ class CaptureServer:
     ) -> None:
         self._fault = fault or Fault()
         self._on_event = on_event
-        self._cond = threading.Condition()
         self._events: list[dict[str, Any]] = []
         self._requests: list[ReceivedRequest] = []
-        self._stopping = threading.Event()
-        self._handlers: dict[threading.Thread, socket.socket] = {}
-        self._thread: threading.Thread | None = None
-        self._stopped = False
-        self._httpd = _Httpd(self, port)
-
-    @property
-    def port(self) -> int:
-        return int(self._httpd.server_address[1])
+        super().__init__(port)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> CaptureServer:
-        """Serve on a daemon thread (idempotent); a stopped server cannot restart."""
-        if self._stopped:
-            raise RuntimeError("CaptureServer was stopped; create a new one")
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._httpd.serve_forever,
-                args=(0.05,),
-                name=f"capture-server:{self.port}",
-                daemon=True,
-            )
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Release hanging handlers, close the socket and join threads (~3 s at most)."""
-        if self._stopped:
-            return
-        self._stopped = True
-        self._stopping.set()
-        if self._thread is not None:
-            self._httpd.shutdown()
-        self._httpd.server_close()
-        deadline = time.monotonic() + 3.0
-        with self._cond:
-            handlers = dict(self._handlers)
-        for connection in handlers.values():  # wakes handlers blocked reading idle sockets
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
-        for thread in [*handlers, *([self._thread] if self._thread else [])]:
-            if thread is not threading.current_thread():
-                thread.join(max(0.0, deadline - time.monotonic()))
-
-    def __enter__(self) -> CaptureServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def set_fault(self, fault: Fault | None) -> None:
         """Change behaviour for requests that arrive from now on."""
@@ -317,13 +241,6 @@ class CaptureServer:
         with self._cond:
             self._events.clear()
             self._requests.clear()
-
-    def _track(self, connection: socket.socket, alive: bool) -> None:
-        with self._cond:
-            if alive:
-                self._handlers[threading.current_thread()] = connection
-            else:
-                self._handlers.pop(threading.current_thread(), None)
 
     def _record(self, request: ReceivedRequest, events: list[dict[str, Any]]) -> None:
         with self._cond:

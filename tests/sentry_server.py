@@ -14,17 +14,14 @@ import contextlib
 import gzip
 import json
 import re
-import socket
-import threading
-import time
 import zlib
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any, cast, final
 from urllib.parse import urlsplit
 
 import sentry_sdk
+
+from posthog_errors._loopback import LoopbackServer, QuietHandler
 
 __all__ = ["SentryServer", "parse_envelope", "sentry_initialised"]
 
@@ -82,33 +79,7 @@ def _store_envelope(event: Any) -> dict[str, Any]:
     return {"headers": {"event_id": event.get("event_id")}, "items": [item]}
 
 
-class _Httpd(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    block_on_close = False  # stop() joins handler threads itself, with a time bound
-
-    def __init__(self, owner: SentryServer) -> None:
-        self.owner = owner
-        super().__init__(("127.0.0.1", 0), _Handler)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """Clients hanging up mid-answer are expected here; never print tracebacks."""
-
-
-class _Handler(BaseHTTPRequestHandler):
-    timeout = 10  # an idle connection cannot pin a handler thread forever
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Silent: tests own stderr."""
-
-    def handle(self) -> None:
-        owner = cast(_Httpd, self.server).owner
-        owner._track(self.connection, True)
-        try:
-            super().handle()
-        finally:
-            owner._track(self.connection, False)
-
+class _Handler(QuietHandler):
     def _answer(self, status: int, payload: Any) -> None:
         data = json.dumps(payload).encode()
         self.send_response(status)
@@ -144,73 +115,24 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception:  # any undecodable body (including brotli.error): Relay says 400
             self._answer(400, {"detail": "malformed envelope"})
             return
-        cast(_Httpd, self.server).owner._record(envelope)  # before answering: visible on 2xx
+        cast(SentryServer, self.owner)._record(envelope)  # before answering: visible on 2xx
         self._answer(200, {})
 
 
-@final  # a test fixture: compose it rather than subclass it
-class SentryServer:
+@final
+class SentryServer(LoopbackServer):
     """Records envelopes posted by ``sentry_sdk``; the socket is bound in ``__init__``."""
+
+    handler_class = _Handler
 
     def __init__(self, project_id: int = 42) -> None:
         self.project_id = project_id
-        self._cond = threading.Condition()
         self._envelopes: list[dict[str, Any]] = []
-        self._handlers: dict[threading.Thread, socket.socket] = {}
-        self._thread: threading.Thread | None = None
-        self._stopped = False
-        self._httpd = _Httpd(self)
-
-    @property
-    def port(self) -> int:
-        return int(self._httpd.server_address[1])
+        super().__init__()
 
     @property
     def dsn(self) -> str:
         return f"http://public@127.0.0.1:{self.port}/{self.project_id}"
-
-    def start(self) -> SentryServer:
-        """Serve on a daemon thread (idempotent); a stopped server cannot restart."""
-        if self._stopped:
-            raise RuntimeError("SentryServer was stopped; create a new one")
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._httpd.serve_forever,
-                args=(0.05,),
-                name=f"sentry-server:{self.port}",
-                daemon=True,
-            )
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Close the socket, wake blocked handlers and join threads (~3 s at most)."""
-        if self._stopped:
-            return
-        self._stopped = True
-        if self._thread is not None:
-            self._httpd.shutdown()
-        self._httpd.server_close()
-        deadline = time.monotonic() + 3.0
-        with self._cond:
-            handlers = dict(self._handlers)
-        for connection in handlers.values():
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
-        for thread in [*handlers, *([self._thread] if self._thread else [])]:
-            if thread is not threading.current_thread():
-                thread.join(max(0.0, deadline - time.monotonic()))
-
-    def __enter__(self) -> SentryServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def envelopes(self) -> list[dict[str, Any]]:
@@ -245,13 +167,6 @@ class SentryServer:
     def clear(self) -> None:
         with self._cond:
             self._envelopes.clear()
-
-    def _track(self, connection: socket.socket, alive: bool) -> None:
-        with self._cond:
-            if alive:
-                self._handlers[threading.current_thread()] = connection
-            else:
-                self._handlers.pop(threading.current_thread(), None)
 
     def _record(self, envelope: dict[str, Any]) -> None:
         with self._cond:
