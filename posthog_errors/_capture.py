@@ -49,8 +49,8 @@ def capture_exception(
 def flush(timeout: float | None = 5.0) -> bool:
     """Send everything captured so far; True if it all went out within ``timeout`` seconds.
 
-    "Went out" means handed to the posthog client and drained from its queue: the client
-    retries and drops on its own, and does not tell whether the server kept the events.
+    "Went out" means handed to the posthog client and drained from its queue, with no
+    upload reported failed by the client since the last flush.
     """
     return worker().flush(timeout)
 

@@ -93,13 +93,7 @@ class ClientSource:
 
             self._built = Posthog(api_key, host=self._host or os.environ.get("POSTHOG_HOST"))
 
-    def own_client(self) -> Any:
-        """The client this source built itself (to be shut down with it), if any."""
-        return self._built
-
 
 def _is_client(value: Any) -> bool:
     return callable(getattr(value, "capture", None)) and callable(getattr(value, "flush", None))
 
-
-ClientFactory = Callable[[], Any]

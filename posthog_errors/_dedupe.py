@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
-__all__ = ["CAPTURED_ATTR", "UUID_ATTR", "captured_uuid", "claim", "release"]
+__all__ = ["CAPTURED_ATTR", "UUID_ATTR", "claim", "release"]
 
 CAPTURED_ATTR = "__posthog_exception_captured"
 UUID_ATTR = "__posthog_exception_uuid"
@@ -57,20 +57,6 @@ def release(exc: BaseException, uuid: str) -> None:
                 delattr(exc, UUID_ATTR)
         except Exception:
             pass  # an exception that refuses this keeps its mark
-
-
-def captured_uuid(exc: BaseException) -> str | None:
-    """The uuid of the event that carried ``exc``, if it was captured."""
-    try:
-        uuid = getattr(exc, UUID_ATTR, None)
-    except Exception:
-        uuid = None
-    if isinstance(uuid, str):
-        return uuid
-    entry = _unmarkable.get(id(exc))
-    if entry is not None and entry[0] is exc:
-        return entry[1]
-    return None
 
 
 def _is_marked(exc: BaseException) -> bool:

@@ -68,10 +68,6 @@ def mark_library_thread() -> None:
     _library_threads.add(threading.get_ident())
 
 
-def unmark_library_thread() -> None:
-    _library_threads.discard(threading.get_ident())
-
-
 def _strict() -> bool:
     # Read on the error path only, so setting it late (in a conftest) still works.
     return os.environ.get(STRICT_ENV_VAR) == "1"
