@@ -96,4 +96,3 @@ class ClientSource:
 
 def _is_client(value: Any) -> bool:
     return callable(getattr(value, "capture", None)) and callable(getattr(value, "flush", None))
-
