@@ -71,6 +71,19 @@ class ClientSource:
             self._build()
         return self._built
 
+    def prepare(self) -> None:
+        """Build the client from a key now, or warn now that there is none.
+
+        For ``install()`` at start-up. A client callable is not called: it is called per
+        event, on the caller's thread, and may need a request's context that start-up does
+        not have.
+        """
+        if self._client is not None or self._built is not None:
+            return
+        if self._api_key is None and self._fallback is not None and self._fallback() is not None:
+            return
+        self._build()
+
     def _build(self) -> None:
         with self._lock:
             if self._built is not None or self._warned:

@@ -1,26 +1,36 @@
-"""The interpreter's last-chance hooks: ``sys.excepthook``, ``threading.excepthook``,
-``sys.unraisablehook`` and asyncio's loop exception handler.
+"""The hooks ``install()`` sets: the interpreter's last-chance hooks (``sys.excepthook``,
+``threading.excepthook``, ``sys.unraisablehook``, asyncio's loop exception handler), the
+record flow of :mod:`logging` (``Logger.callHandlers``) and, for ``capture_exits``,
+``sys.exit``.
 
-Each hook reports, then calls the hook that was installed before it, so the user still sees
-the usual traceback and exit code. Each has its own function name (so a traceback or a
-debugger shows whose hook it is) and each ``install_*`` returns a function that restores the
-previous hook only if ours is still the installed one: another library may have chained
-onto us since, and unhooking it would be worse than leaving ours.
+Each hook reports, then calls what was installed before it, so the app still sees the usual
+traceback, log output and exit code. Each has its own function name (so a traceback or a
+debugger shows whose hook it is) and each ``install_*`` returns a function that undoes it:
+the previous hook is put back if ours is still the installed one; if another library has
+chained onto ours since, ours stays in their chain but switches itself off, because
+unhooking it would cut their hook out too.
 """
 
 from __future__ import annotations
 
 import contextvars
+import logging
 import sys
 import threading
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
+from posthog_errors import _guard
 from posthog_errors._reporter import Reporter
+
+if TYPE_CHECKING:
+    from posthog_errors.handler import PostHogHandler
 
 __all__ = [
     "install_asyncio_hook",
+    "install_exit_hook",
+    "install_logging_hook",
     "install_sys_excepthook",
     "install_threading_excepthook",
     "install_unraisablehook",
@@ -28,6 +38,32 @@ __all__ = [
 
 Restore = Callable[[], None]
 _EXITS: tuple[type[BaseException], ...] = (KeyboardInterrupt, SystemExit)
+
+
+class _Switch:
+    """Whether one installed hook still reports. Off after ``uninstall()``: a hook that
+    another library wrapped since cannot be taken out of the chain, only made to pass
+    everything straight to the hook before it."""
+
+    __slots__ = ("on",)
+
+    def __init__(self) -> None:
+        self.on = True
+
+
+def _undo(
+    switch: _Switch,
+    ours: object,
+    previous: object,
+    read: Callable[[], object],
+    write: Callable[[Any], None],
+) -> Restore:
+    def restore() -> None:
+        switch.on = False
+        if read() is ours:
+            write(previous)
+
+    return restore
 
 
 def _reportable(exc: object, capture_exits: bool) -> bool:
@@ -38,12 +74,13 @@ def _reportable(exc: object, capture_exits: bool) -> bool:
 
 def install_sys_excepthook(reporter: Reporter, *, capture_exits: bool = False) -> Restore:
     previous = sys.excepthook
+    switch = _Switch()
 
     def posthog_errors_excepthook(
         exc_type: type[BaseException], exc_value: BaseException, tb: TracebackType | None
     ) -> None:
         try:
-            if _reportable(exc_value, capture_exits):
+            if switch.on and _reportable(exc_value, capture_exits):
                 # Delivered before the interpreter exits by the worker's exit flush.
                 reporter.capture(
                     exc_value,
@@ -56,21 +93,23 @@ def install_sys_excepthook(reporter: Reporter, *, capture_exits: bool = False) -
             previous(exc_type, exc_value, tb)
 
     sys.excepthook = posthog_errors_excepthook
-
-    def restore() -> None:
-        if sys.excepthook is posthog_errors_excepthook:
-            sys.excepthook = previous
-
-    return restore
+    return _undo(
+        switch,
+        posthog_errors_excepthook,
+        previous,
+        lambda: sys.excepthook,
+        lambda hook: setattr(sys, "excepthook", hook),
+    )
 
 
 def install_threading_excepthook(reporter: Reporter, *, capture_exits: bool = False) -> Restore:
     previous = threading.excepthook
+    switch = _Switch()
 
     def posthog_errors_threading_excepthook(args: threading.ExceptHookArgs) -> None:
         # Runs in the dying thread, so the context it reads is that thread's own.
         try:
-            if _reportable(args.exc_value, capture_exits):
+            if switch.on and _reportable(args.exc_value, capture_exits):
                 assert args.exc_value is not None
                 thread = args.thread
                 reporter.capture(
@@ -85,21 +124,23 @@ def install_threading_excepthook(reporter: Reporter, *, capture_exits: bool = Fa
             previous(args)
 
     threading.excepthook = posthog_errors_threading_excepthook
-
-    def restore() -> None:
-        if threading.excepthook is posthog_errors_threading_excepthook:
-            threading.excepthook = previous
-
-    return restore
+    return _undo(
+        switch,
+        posthog_errors_threading_excepthook,
+        previous,
+        lambda: threading.excepthook,
+        lambda hook: setattr(threading, "excepthook", hook),
+    )
 
 
 def install_unraisablehook(reporter: Reporter) -> Restore:
     previous = sys.unraisablehook
+    switch = _Switch()
 
     def posthog_errors_unraisablehook(unraisable: Any) -> None:
         try:
             exc = unraisable.exc_value
-            if _reportable(exc, False):
+            if switch.on and _reportable(exc, False):
                 # The object may be mid-finalisation: describe it now, never keep it.
                 reporter.capture(
                     exc,
@@ -116,12 +157,13 @@ def install_unraisablehook(reporter: Reporter) -> Restore:
             previous(unraisable)
 
     sys.unraisablehook = posthog_errors_unraisablehook
-
-    def restore() -> None:
-        if sys.unraisablehook is posthog_errors_unraisablehook:
-            sys.unraisablehook = previous
-
-    return restore
+    return _undo(
+        switch,
+        posthog_errors_unraisablehook,
+        previous,
+        lambda: sys.unraisablehook,
+        lambda hook: setattr(sys, "unraisablehook", hook),
+    )
 
 
 def install_asyncio_hook(reporter: Reporter) -> Restore:
@@ -135,13 +177,18 @@ def install_asyncio_hook(reporter: Reporter) -> Restore:
 
     base = asyncio.BaseEventLoop
     previous = base.call_exception_handler
+    switch = _Switch()
 
     def posthog_errors_asyncio_exception_handler(
         self: asyncio.BaseEventLoop, context: dict[str, Any]
     ) -> None:
         try:
             exc = context.get("exception")
-            if isinstance(exc, Exception) and not isinstance(exc, asyncio.CancelledError):
+            if (
+                switch.on
+                and isinstance(exc, Exception)
+                and not isinstance(exc, asyncio.CancelledError)
+            ):
                 # Resolve the person in the failed task's own context, not the loop's.
                 run = _task_context(context).run
                 run(
@@ -157,12 +204,113 @@ def install_asyncio_hook(reporter: Reporter) -> Restore:
             previous(self, context)
 
     base.call_exception_handler = posthog_errors_asyncio_exception_handler  # type: ignore[method-assign]
+    return _undo(
+        switch,
+        posthog_errors_asyncio_exception_handler,
+        previous,
+        lambda: base.call_exception_handler,
+        lambda hook: setattr(base, "call_exception_handler", hook),
+    )
+
+
+class _LevelGate:
+    """The lowest level the logging hook looks at; above every level once switched off, so
+    the hook's cost for a record is one comparison either way."""
+
+    __slots__ = ("lowest",)
+
+    def __init__(self, lowest: int) -> None:
+        self.lowest = lowest
+
+    def switch_off(self) -> None:
+        self.lowest = sys.maxsize
+
+
+def install_logging_hook(handler: PostHogHandler) -> Restore:
+    """Chain ``logging.Logger.callHandlers``, which every logger calls for every record that
+    passed its own level check, ``disabled`` flag and filters.
+
+    No handler is added to any logger, so the app's logging stays exactly as it was: the
+    last-resort output of an unconfigured script, ``basicConfig()`` after ``install()``,
+    ``dictConfig``/``fileConfig``/Django's ``LOGGING`` replacing the root handlers, loggers
+    that do not propagate. ``handler`` is never attached anywhere; the hook hands it the
+    records at or above its level, before the app's handlers run (so an explicit
+    ``PostHogHandler`` later in the same call knows the record was sent). sentry-sdk's
+    logging integration chains the same method: each sees every record once, in either
+    order.
+    """
+    logger_class = logging.Logger
+    previous = logger_class.callHandlers
+    gate = _LevelGate(handler.level)
+
+    def posthog_errors_call_handlers(self: logging.Logger, record: logging.LogRecord) -> None:
+        if record.levelno >= gate.lowest:
+            try:
+                handler.handle(record)
+            except Exception as error:
+                _guard.internal_error(error)
+        previous(self, record)
+
+    logger_class.callHandlers = posthog_errors_call_handlers  # type: ignore[method-assign]
 
     def restore() -> None:
-        if base.call_exception_handler is posthog_errors_asyncio_exception_handler:
-            base.call_exception_handler = previous  # type: ignore[method-assign]
+        gate.switch_off()
+        if logger_class.callHandlers is posthog_errors_call_handlers:
+            logger_class.callHandlers = previous  # type: ignore[method-assign]
 
     return restore
+
+
+def install_exit_hook(reporter: Reporter) -> Restore:
+    """Wrap ``sys.exit`` to report a failing exit of the main thread (``capture_exits``).
+
+    ``SystemExit`` in the main thread never reaches ``sys.excepthook``: the interpreter
+    handles it itself. So the report is made where ``sys.exit`` is called, when its code
+    is a failure (non-zero, or a message; 0 and None are success), as sentry-sdk's
+    ``SysExitIntegration`` does. ``raise SystemExit(...)`` written out, and ``sys.exit``
+    bound under another name before ``install()`` (``from sys import exit``), are not seen.
+    """
+    previous = sys.exit
+    switch = _Switch()
+
+    def posthog_errors_exit(status: object = None, /) -> NoReturn:
+        try:
+            previous(status)  # type: ignore[arg-type]
+        except SystemExit as exit:
+            if (
+                switch.on
+                and _failure_code(exit.code)
+                and threading.current_thread() is threading.main_thread()
+            ):
+                # Its traceback holds only this frame: the event gets the caller's stack.
+                reporter.capture(
+                    exit,
+                    level="fatal",
+                    handled=False,
+                    mechanism="sys.exit",
+                    source="python.sys_exit",
+                    properties={"exit_code": _exit_code(exit.code)},
+                )
+            raise
+        raise AssertionError("sys.exit() returned")  # pragma: no cover
+
+    sys.exit = posthog_errors_exit
+    return _undo(
+        switch,
+        posthog_errors_exit,
+        previous,
+        lambda: sys.exit,
+        lambda hook: setattr(sys, "exit", hook),
+    )
+
+
+def _failure_code(code: object) -> bool:
+    return code is not None and not (isinstance(code, int) and code == 0)
+
+
+def _exit_code(code: object) -> int:
+    """The process exit status ``code`` gives: an int as is, anything else 1."""
+    return code if isinstance(code, int) and not isinstance(code, bool) else 1
 
 
 def _task_context(context: dict[str, Any]) -> contextvars.Context:

@@ -2,13 +2,15 @@
 
 Explicit, chained and reversible: importing the package changes nothing; ``install()``
 hooks what it is asked to, each hook calls the one before it, and ``uninstall()`` puts back
-only what is still ours.
+only what is still ours. It adds no handler to any logger: the app's logging, configured
+before or after, stays exactly as it was (see ``_hooks.install_logging_hook``).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import warnings
 from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
@@ -25,24 +27,31 @@ _active: Installation | None = None
 
 
 class Installation:
-    """What ``install()`` did; ``uninstall()`` (or leaving the ``with`` block) undoes it."""
+    """What ``install()`` did; ``uninstall()`` (or leaving the ``with`` block) undoes it.
 
-    def __init__(self, reporter: Reporter, handler: PostHogHandler | None) -> None:
+    ``handler`` is the :class:`PostHogHandler` the logging hook hands records to (None with
+    ``logs=False``). It is attached to no logger.
+    """
+
+    def __init__(
+        self, reporter: Reporter, handler: PostHogHandler | None, options: dict[str, Any]
+    ) -> None:
         self.reporter = reporter
         self.handler = handler
+        self._options = options
         self._restores: list[Callable[[], None]] = []
         self._previous_default: Reporter | None = None
 
     def uninstall(self) -> None:
-        """Put back each hook only if ours is still the installed one, remove the root
-        handler, and restore the default reporter. Queued events are still delivered."""
+        """Undo every hook: put back the previous one if ours is still the installed one,
+        else switch ours off where it is (another library chained onto it since, and
+        unhooking it would cut theirs out too). Restores the default reporter. Queued
+        events are still delivered."""
         global _active
         with _lock:
             for restore in reversed(self._restores):
                 restore()
             self._restores.clear()
-            if self.handler is not None:
-                logging.getLogger().removeHandler(self.handler)
             if _reporter.default_reporter_if_set() is self.reporter:
                 _reporter.set_default_reporter(self._previous_default)
             if _active is self:
@@ -94,16 +103,21 @@ def install(
 
     ``excepthooks`` sets ``sys.excepthook`` and ``threading.excepthook``, ``unraisable``
     sets ``sys.unraisablehook``, ``asyncio`` covers every event loop's exception handler,
-    and ``logs`` attaches a :class:`PostHogHandler` with ``levels`` to the root logger.
-    ``KeyboardInterrupt`` and ``SystemExit`` are reported only with ``capture_exits``.
+    and ``logs`` reports the log records at the ``levels`` allow list from every logger,
+    without adding a handler anywhere (it chains ``logging.Logger.callHandlers``).
+    ``KeyboardInterrupt`` and ``SystemExit`` are reported only with ``capture_exits``,
+    which also reports a failing ``sys.exit()`` of the main thread.
     ``rate_limit`` is ``(burst, refills per second)`` per failure site, or None for off.
 
-    Calling it again while installed returns the existing installation. Bad options raise
-    ``ValueError``/``TypeError`` here; a missing client only warns (nothing is captured).
+    Calling it again while installed returns the existing installation, and warns naming
+    the options that differ (they are ignored). Bad options raise ``ValueError``/
+    ``TypeError`` here; a missing client only warns (nothing is captured).
     """
     global _active
+    options = dict(locals())
     with _lock:
         if _active is not None:
+            _warn_ignored(_active._options, options)
             return _active
         if isinstance(max_queue_size, bool) or not isinstance(max_queue_size, int):
             raise TypeError(f"max_queue_size must be an int >= 1, got {max_queue_size!r}")
@@ -133,9 +147,9 @@ def install(
         delivery.max_queue = max_queue_size
         delivery.shutdown_timeout = float(shutdown_timeout)
         if not delivery.redirected:  # (posthog_errors.testing needs no client)
-            reporter.client_source.resolve()  # build the client (or warn) now, not later
+            reporter.client_source.prepare()  # build the client (or warn) now, not later
 
-        installation = Installation(reporter, handler)
+        installation = Installation(reporter, handler, options)
         installation._previous_default = _reporter.set_default_reporter(reporter)
         restores = installation._restores
         if excepthooks:
@@ -143,11 +157,65 @@ def install(
             restores.append(
                 _hooks.install_threading_excepthook(reporter, capture_exits=capture_exits)
             )
+            if capture_exits:
+                restores.append(_hooks.install_exit_hook(reporter))
         if unraisable:
             restores.append(_hooks.install_unraisablehook(reporter))
         if asyncio:
             restores.append(_hooks.install_asyncio_hook(reporter))
         if handler is not None:
-            logging.getLogger().addHandler(handler)
+            _warn_if_never_made(handler)
+            restores.append(_hooks.install_logging_hook(handler))
         _active = installation
         return installation
+
+
+_warned_never_made = False
+
+
+def _warn_if_never_made(handler: PostHogHandler) -> None:
+    """Once: an allowed level below the root logger's level gives records that are never
+    made (a logger checks its level before anything else), unless a logger sets a lower
+    level of its own. Read at install time; a later ``setLevel`` is not seen."""
+    global _warned_never_made
+    levels = handler.levels
+    root_level = logging.getLogger().getEffectiveLevel()
+    if _warned_never_made or levels.everything or levels.lowest >= root_level:
+        return
+    _warned_never_made = True
+    warnings.warn(
+        f"posthog_errors.install(levels=...) allows {logging.getLevelName(levels.lowest)} "
+        f"records, but the root logger is at {logging.getLevelName(root_level)}: loggers "
+        "make no record below their level, so those are never reported. Lower the level of "
+        "the loggers you want reported (logging.getLogger().setLevel(...)).",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def _warn_ignored(installed: dict[str, Any], requested: dict[str, Any]) -> None:
+    """A second ``install()`` changes nothing: say which of its options were ignored."""
+    ignored = [
+        f"{name}={value!r}"
+        for name, value in requested.items()
+        if not _same_option(installed.get(name), value)
+    ]
+    if ignored:
+        warnings.warn(
+            "posthog_errors.install() is already installed; these options differ from the "
+            f"installation in place and were ignored: {', '.join(ignored)}. Call "
+            "posthog_errors.uninstall() first to change them.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def _same_option(a: Any, b: Any) -> bool:
+    if a is b:
+        return True
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        a, b = tuple(a), tuple(b)
+    try:
+        return bool(a == b)
+    except Exception:
+        return False

@@ -5,8 +5,9 @@ whose stack is the logging call site (logging's and structlog's own frames remov
 by a fingerprint of the logger name and the unformatted template.
 
 When structlog and the stdlib handler are both configured, one log call reaches both. An
-exception is sent once anyway (its object is marked); a message is marked on its LogRecord,
-or remembered for the rest of the logging call, so the second door skips it.
+exception is sent once anyway (its object is marked); a message is marked on its LogRecord
+(which survives the copies ``structlog.stdlib.ProcessorFormatter`` and ``QueueHandler``
+make), or remembered for the rest of the logging call, so the second door skips it.
 """
 
 from __future__ import annotations
@@ -20,15 +21,18 @@ from typing import Any
 from posthog_errors._snapshot import FrameRef, frames_from_stack
 
 __all__ = [
-    "RECORD_MARK",
     "call_site_frames",
     "fingerprint",
+    "mark_record_sent",
     "mark_structlog_message",
+    "record_was_sent",
     "was_sent_by_structlog",
 ]
 
-# Set on a LogRecord once one door sent it (excluded from record extras).
-RECORD_MARK = "posthog_errors_sent"
+# Set on a LogRecord once a door sent it as a message-only event. Private by its leading
+# underscore, which JSON formatters (python-json-logger) skip when they print a record's
+# extra attributes, as they do posthog's own ``_posthog_log_prefix_applied``.
+_RECORD_MARK = "_posthog_errors_sent"
 
 # (id of the structlog event dict, formatted message) of the message the structlog
 # processor just sent in this context; the stdlib handler in the same call skips it.
@@ -62,13 +66,21 @@ def _is_logging_module(module: str | None) -> bool:
     )
 
 
+def mark_record_sent(record: logging.LogRecord) -> None:
+    setattr(record, _RECORD_MARK, True)
+
+
+def record_was_sent(record: logging.LogRecord) -> bool:
+    return getattr(record, _RECORD_MARK, False) is True
+
+
 def mark_structlog_message(event_dict: Any, message: str) -> None:
     _recent_structlog_message.set((id(event_dict), message))
 
 
 def was_sent_by_structlog(record: logging.LogRecord, message: str) -> bool:
     """True when the structlog processor already sent this record's message."""
-    if getattr(record, RECORD_MARK, False):
+    if record_was_sent(record):
         return True
     recent = _recent_structlog_message.get()
     if recent is None:

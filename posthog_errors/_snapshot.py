@@ -205,11 +205,13 @@ def walk_exceptions(
         if locals_for is not None and frames:
             # Each exception's own traceback: chained exceptions get their own locals.
             entry.frame_locals = locals_from_traceback(tb, max_frames, locals_for)
-        if not frames and parent_id is None:
-            # Never raised (``capture_exception(ValueError(...))``): show where it was
-            # captured instead, marked synthetic.
+        if parent_id is None and _no_app_frames(frames):
+            # Never raised (``capture_exception(ValueError(...))``), or raised by one of
+            # our own wrappers (``sys.exit``): show where it was captured instead, marked
+            # synthetic.
             entry.frames, entry.frames_omitted = frames_from_stack(sys._getframe(1), max_frames)
             entry.stack_is_synthetic = bool(entry.frames)
+            entry.frame_locals = None
         result.append(entry)
         children = _children(current)
         # Reversed, so that the first child is popped (visited) first.
@@ -258,6 +260,11 @@ def _traceback_of(exc: BaseException) -> TracebackType | None:
     except Exception:
         return None
     return tb if isinstance(tb, TracebackType) else None
+
+
+def _no_app_frames(frames: tuple[FrameRef, ...]) -> bool:
+    """True for an empty traceback, or one of this library's frames only."""
+    return all(_is_own_module(module) for _, _, module in frames)
 
 
 def _is_own_module(module: object) -> bool:

@@ -17,9 +17,9 @@ from posthog_errors import _guard
 from posthog_errors._event_dict import read_event_dict
 from posthog_errors._levels import LevelAllowList, posthog_level
 from posthog_errors._log_message import (
-    RECORD_MARK,
     call_site_frames,
     fingerprint,
+    mark_record_sent,
     was_sent_by_structlog,
 )
 from posthog_errors._reporter import BeforeSend, Reporter
@@ -136,7 +136,7 @@ class PostHogHandler(logging.Handler):
                 properties=properties,
             )
         elif self.capture_messages and not was_sent_by_structlog(record, message):
-            setattr(record, RECORD_MARK, True)
+            mark_record_sent(record)
             frames, omitted = call_site_frames(self.reporter.options.max_frames)
             self.reporter.capture_message(
                 message,

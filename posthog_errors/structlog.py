@@ -24,10 +24,11 @@ from posthog_errors import _guard
 from posthog_errors._event_dict import read_event_dict
 from posthog_errors._levels import LevelAllowList, posthog_level
 from posthog_errors._log_message import (
-    RECORD_MARK,
     call_site_frames,
     fingerprint,
+    mark_record_sent,
     mark_structlog_message,
+    record_was_sent,
 )
 from posthog_errors._reporter import BeforeSend, Reporter
 
@@ -118,9 +119,9 @@ class PostHogProcessor:
         if not self.capture_messages or view.message is None:
             return
         if isinstance(record, logging.LogRecord):
-            if getattr(record, RECORD_MARK, False):
+            if record_was_sent(record):
                 return  # the stdlib handler already sent this record
-            setattr(record, RECORD_MARK, True)
+            mark_record_sent(record)
         mark_structlog_message(event_dict, view.message)
         frames, omitted = call_site_frames(self.reporter.options.max_frames)
         self.reporter.capture_message(

@@ -173,10 +173,11 @@ def test_a_failing_posthog_makes_no_feedback_loop() -> None:
 
 
 def test_install_is_idempotent_and_uninstall_restores_only_its_own_hooks(
-    posthog_client: posthog.Posthog,
+    posthog_client: posthog.Posthog, capture_server: CaptureServer
 ) -> None:
     original = (sys.excepthook, threading.excepthook, sys.unraisablehook)
     original_asyncio = asyncio.BaseEventLoop.call_exception_handler
+    original_call_handlers = logging.Logger.callHandlers
     root_handlers = list(logging.getLogger().handlers)
     installation = posthog_errors.install(posthog_client)
     try:
@@ -185,7 +186,8 @@ def test_install_is_idempotent_and_uninstall_restores_only_its_own_hooks(
         assert ours.__name__ == "posthog_errors_excepthook"
         assert threading.excepthook.__name__ == "posthog_errors_threading_excepthook"
         assert sys.unraisablehook.__name__ == "posthog_errors_unraisablehook"
-        assert len(logging.getLogger().handlers) == len(root_handlers) + 1
+        assert logging.Logger.callHandlers.__name__ == "posthog_errors_call_handlers"
+        assert logging.getLogger().handlers == root_handlers  # no handler added anywhere
 
         def someone_elses_hook(*args: object) -> None:
             ours(*args)  # type: ignore[arg-type]
@@ -194,15 +196,19 @@ def test_install_is_idempotent_and_uninstall_restores_only_its_own_hooks(
     finally:
         posthog_errors.uninstall()
     try:
-        assert sys.excepthook is someone_elses_hook  # chained onto ours: left alone
+        assert sys.excepthook is someone_elses_hook  # chained onto ours: left in place,
+        someone_elses_hook(ValueError, ValueError("after uninstall"), None)
+        assert posthog_errors.stats()["captured"] == 0  # but switched off
         assert threading.excepthook is original[1]
         assert sys.unraisablehook is original[2]
         assert asyncio.BaseEventLoop.call_exception_handler is original_asyncio
+        assert logging.Logger.callHandlers is original_call_handlers
         assert logging.getLogger().handlers == root_handlers
         assert posthog_errors.install(posthog_client) is not installation
     finally:
         posthog_errors.uninstall()
         sys.excepthook = original[0]
+    assert capture_server.wait_for_events(1, timeout=0.5) == []
 
 
 def test_install_without_any_client_warns_once_and_captures_nothing(
