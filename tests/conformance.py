@@ -18,6 +18,7 @@ SOURCES = {
     "python.threading_excepthook",
     "python.asyncio",
     "python.unraisablehook",
+    "python.sys_exit",
     "python.manual",
     "python.asgi",
     "python.wsgi",

@@ -270,3 +270,182 @@ def test_a_handler_on_every_logger_and_posthogs_own_exception_logging_make_no_lo
     assert stats["captured"] == stats["deduplicated"] == 2 and stats["sent"] == 0, stats
     # posthog-python's event and ours are one batch or two, each tried twice: no growth.
     assert 1 <= requests <= 4
+
+
+def test_a_client_callable_is_called_per_event_never_at_install(
+    capture_server: CaptureServer,
+) -> None:
+    result = run_script(
+        """
+        import contextvars, logging
+        tenant = contextvars.ContextVar("tenant")      # no default: unset outside a request
+        clients = {"acme": client}
+        calls = []
+        def client_for_request():
+            calls.append(tenant.get())                  # LookupError outside a request
+            return clients[tenant.get()]
+        posthog_errors.install(client_for_request)      # start-up: no request here
+        assert calls == [], calls
+        def request():
+            tenant.set("acme")
+            posthog_errors.set_distinct_id("acme-user")
+            logging.getLogger("app").error("failed inside the request")
+        contextvars.copy_context().run(request)
+        assert calls == ["acme"], calls
+        assert posthog_errors.flush(5)
+        """,
+        capture_server.url,
+    )
+    assert result.returncode == 0, result.stderr
+    [event] = capture_server.wait_for_events(1)
+    assert event["distinct_id"] == "acme-user"
+
+
+def test_a_second_install_with_other_options_warns_naming_them(
+    posthog_client: posthog.Posthog,
+) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with posthog_errors.install(posthog_client, logs=False) as installation:
+            same = posthog_errors.install(posthog_client, logs=False)
+            assert caught == []
+            other = posthog_errors.install(
+                posthog_client, logs=True, levels=["warning"], capture_exits=True
+            )
+    assert same is installation and other is installation
+    [warning] = caught
+    message = str(warning.message)
+    assert "already installed" in message
+    assert "logs=True" in message
+    assert "levels=['warning']" in message
+    assert "capture_exits=True" in message
+    assert "client" not in message.split("ignored:")[1]  # the same client is not "different"
+
+
+def test_levels_below_the_root_level_warn_once() -> None:
+    result = run_script(
+        """
+        import warnings
+        warnings.simplefilter("always")
+        posthog_errors.install(client, levels=["info", "error"])   # root is at WARNING
+        posthog_errors.uninstall()
+        posthog_errors.install(client, levels=["info", "error"])
+        posthog_errors.uninstall()
+        posthog_errors.install(client, levels="*")                 # whatever is made
+        """,
+        "http://127.0.0.1:9",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("RuntimeWarning") == 1, result.stderr
+    assert "allows INFO records, but the root logger is at WARNING" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("exit_call", "code", "reported"),
+    [
+        ('sys.exit("config file missing")', 1, "config file missing"),
+        ("sys.exit(3)", 3, "3"),
+        ("sys.exit(0)", 0, None),
+        ("sys.exit()", 0, None),
+        ("sys.exit(None)", 0, None),
+    ],
+)
+def test_capture_exits_reports_a_failing_sys_exit_of_the_main_thread(
+    capture_server: CaptureServer, exit_call: str, code: int, reported: str | None
+) -> None:
+    result = run_script(
+        f"""
+        posthog_errors.install(client, logs=False, capture_exits=True)
+        def main():
+            {exit_call}
+        main()
+        """,
+        capture_server.url,
+    )
+    assert result.returncode == code
+    events = capture_server.wait_for_events(1, timeout=5 if reported else 1)
+    if reported is None:
+        assert events == []
+        return
+    assert "config file missing" in result.stderr or code != 1  # the usual message
+    [event] = events
+    props = event["properties"]
+    entry = props["$exception_list"][0]
+    assert (entry["type"], entry["value"]) == ("SystemExit", reported)
+    assert props["$exception_source"] == "python.sys_exit"
+    assert props["$exception_level"] == "fatal"
+    assert props["exit_code"] == code
+    # The stack is the caller's: it ends at the sys.exit() line in main().
+    assert [f["function"] for f in entry["stacktrace"]["frames"]][-2:] == ["<module>", "main"]
+
+
+def test_sys_exit_without_capture_exits_and_a_caught_exit_in_a_thread_are_not_reported(
+    capture_server: CaptureServer,
+) -> None:
+    result = run_script(
+        """
+        import threading
+        posthog_errors.install(client, logs=False)
+        assert sys.exit.__name__ == "exit"              # not wrapped without capture_exits
+        posthog_errors.uninstall()
+        posthog_errors.install(client, logs=False, capture_exits=True)
+        t = threading.Thread(target=sys.exit, args=(5,), name="exiting")
+        t.start(); t.join()                             # a thread's exit: its own hook
+        posthog_errors.flush(5)
+        sys.exit(2)
+        """,
+        capture_server.url,
+    )
+    assert result.returncode == 2
+    events = capture_server.wait_for_events(3, timeout=2)
+    assert sources(events) == ["python.sys_exit", "python.threading_excepthook"]
+
+
+def test_every_hook_wrapped_by_another_library_is_switched_off_in_place(
+    capture_server: CaptureServer,
+) -> None:
+    result = run_script(
+        """
+        import asyncio, logging, threading
+        seen = []
+        posthog_errors.install(client, capture_exits=True)
+        # Another library chains onto each of our hooks, as sentry-sdk does.
+        def wrap(owner, name):
+            ours = getattr(owner, name)
+            def theirs(*args):
+                seen.append(name)
+                return ours(*args)
+            setattr(owner, name, theirs)
+        for owner, name in [(sys, "excepthook"), (threading, "excepthook"),
+                            (sys, "unraisablehook"), (sys, "exit"),
+                            (asyncio.BaseEventLoop, "call_exception_handler"),
+                            (logging.Logger, "callHandlers")]:
+            wrap(owner, name)
+        posthog_errors.uninstall()
+        logging.getLogger("app").error("after uninstall")          # callHandlers
+        t = threading.Thread(target=lambda: 1 / 0); t.start(); t.join()
+        class Leaky:
+            def __del__(self): raise OSError("in __del__")
+        Leaky()
+        async def forgotten(): raise LookupError("never retrieved")
+        async def main():
+            asyncio.get_running_loop().create_task(forgotten())
+            await asyncio.sleep(0.01)
+        asyncio.run(main())
+        import gc; gc.collect()
+        print(sorted(set(seen)), posthog_errors.stats()["captured"], flush=True)
+        sys.exit("bye")
+        """,
+        capture_server.url,
+    )
+    assert result.returncode == 1
+    lines = result.stdout.strip().splitlines()
+    assert lines[-1] == (
+        "['callHandlers', 'call_exception_handler', 'excepthook', 'unraisablehook'] 0"
+    ), result.stderr
+    # Their chain still reaches the hooks before ours: the app's output is as usual.
+    assert "after uninstall" in result.stderr
+    assert "ZeroDivisionError" in result.stderr
+    assert "OSError: in __del__" in result.stderr
+    assert "never retrieved" in result.stderr
+    assert capture_server.wait_for_events(1, timeout=1) == []
