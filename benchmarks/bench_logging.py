@@ -12,8 +12,10 @@ Two scenarios, every figure a ratio against a peer measured in the same run:
    (so the record is made) whose one handler is ``logging.NullHandler``, ``PostHogHandler``
    (default ``levels=error,fatal``), or ``PostHogHandler(levels="debug,error")`` (an
    allow list with a gap at INFO, so the record reaches ``handle()`` and is refused there);
-   and sentry-sdk's default ``LoggingIntegration`` over a ``NullHandler``. Target from the
-   issue: ``PostHogHandler`` within 5% of ``NullHandler``.
+   ``install()``'s chained ``Logger.callHandlers`` over a ``NullHandler``, and on a logger
+   at WARNING whose level filters the record out before it is made; and sentry-sdk's
+   default ``LoggingIntegration`` over a ``NullHandler``. Targets from the issues:
+   ``PostHogHandler`` and ``install()`` within 5% of the same call without posthog-errors.
 2. **The caller-thread cost of ``logger.exception``** for a ``ValueError`` raised 30 frames
    deep, always at the same site: through ``PostHogHandler``, through sentry-sdk's logging
    integration, and ``Posthog.capture_exception`` of posthog-python.
@@ -294,6 +296,52 @@ def child_filtered(config: Config, posthog_url: str, sentry_dsn: str) -> dict[st
     return {"loops": results}
 
 
+CallHandlers = Callable[[logging.Logger, logging.LogRecord], None]
+
+
+def _use_call_handlers(method: CallHandlers) -> Callable[[], None]:
+    """A Variant.activate that puts ``method`` in place as ``Logger.callHandlers``: a patch
+    of logging (sentry-sdk's, install()'s) and the original take turns in one process."""
+
+    def activate() -> None:
+        logging.Logger.callHandlers = method  # type: ignore[method-assign,assignment]
+
+    return activate
+
+
+def child_filtered_install(config: Config, posthog_url: str, sentry_dsn: str) -> dict[str, Any]:
+    """install()'s chained ``Logger.callHandlers`` against the original, in one process: a
+    record below the allow list (logger at DEBUG, INFO record, allow list error/fatal) and a
+    record the logger's own level filters out (logger at WARNING: no record is made)."""
+    import posthog
+
+    import posthog_errors
+
+    _quiet_library_loggers()
+    client = posthog.Posthog(API_KEY, host=posthog_url)
+    original = logging.Logger.callHandlers
+    posthog_errors.install(client, excepthooks=False, asyncio=False, unraisable=False)
+    hooked = logging.Logger.callHandlers
+    if hooked is original:
+        raise SystemExit("install() did not chain logging.Logger.callHandlers")
+    below = _bench_logger("bench.install", logging.NullHandler())
+    above = _bench_logger("bench.install.warning", logging.NullHandler())
+    above.setLevel(logging.WARNING)
+    variants = [
+        Variant("null", below, _use_call_handlers(original)),
+        Variant("install", below, _use_call_handlers(hooked)),
+        Variant("level_null", above, _use_call_handlers(original)),
+        Variant("level_install", above, _use_call_handlers(hooked)),
+    ]
+    try:
+        results = measure_filtered(variants, config)
+    finally:
+        logging.Logger.callHandlers = hooked  # type: ignore[method-assign]
+    posthog_errors.uninstall()
+    client.shutdown()
+    return {"loops": results}
+
+
 def child_filtered_sentry(config: Config, posthog_url: str, sentry_dsn: str) -> dict[str, Any]:
     """sentry-sdk's patched ``Logger.callHandlers`` over a NullHandler, against the same
     logger with the original ``callHandlers`` put back, taking turns in one process."""
@@ -311,16 +359,10 @@ def child_filtered_sentry(config: Config, posthog_url: str, sentry_dsn: str) -> 
     if patched is original:
         raise SystemExit("sentry_sdk.init() did not patch logging.Logger.callHandlers")
 
-    def use(method: Callable[[logging.Logger, logging.LogRecord], None]) -> Callable[[], None]:
-        def activate() -> None:
-            logging.Logger.callHandlers = method  # type: ignore[method-assign,assignment]
-
-        return activate
-
     logger = _bench_logger("bench.sentry", logging.NullHandler())
     variants = [
-        Variant("null", logger, use(original)),
-        Variant("sentry", logger, use(patched)),
+        Variant("null", logger, _use_call_handlers(original)),
+        Variant("sentry", logger, _use_call_handlers(patched)),
     ]
     try:
         results = measure_filtered(variants, config)
@@ -487,6 +529,7 @@ def child_exc_posthog(config: Config, posthog_url: str, sentry_dsn: str) -> dict
 
 CHILDREN: dict[str, Callable[[Config, str, str], dict[str, Any]]] = {
     "filtered": child_filtered,
+    "filtered-install": child_filtered_install,
     "filtered-sentry": child_filtered_sentry,
     "exc-ours": child_exc_ours,
     "exc-sentry": child_exc_sentry,
@@ -601,13 +644,22 @@ def exc_table(rows: list[ExcRow], markdown: bool) -> str:
     return render_table(header, body, markdown)
 
 
-def _verdict(row: FilteredRow, quick: bool) -> str:
+def _verdict(what: str, row: FilteredRow, quick: bool) -> str:
     met = row.ratio <= FILTERED_TARGET
     return (
-        f"PostHogHandler on a filtered-out record: {row.ratio:.3f}x NullHandler "
+        f"{what}: {row.ratio:.3f}x "
         f"(target <= {FILTERED_TARGET:.2f}): {'met' if met else 'NOT MET'}"
         + (" (--quick run: too few loops to settle a 5% question)" if quick else "")
     )
+
+
+def _targets(filtered: list[FilteredRow]) -> list[tuple[str, FilteredRow]]:
+    """The rows with a target (at most 1.05x the same call without posthog-errors)."""
+    return [
+        ("PostHogHandler on a filtered-out record, vs NullHandler", filtered[1]),
+        ("install() on a record below the allow list, vs NullHandler alone", filtered[3]),
+        ("install() on a record the logger's level filters out, vs no install()", filtered[4]),
+    ]
 
 
 def _details(filtered: list[FilteredRow], exc: list[ExcRow]) -> list[str]:
@@ -636,6 +688,10 @@ METHOD_NOTE = (
     "of a noisy shared machine is one lucky loop). `PostHogHandler` keeps its level at the "
     "lowest allowed level, so `Logger.callHandlers` never calls it for an INFO record; with "
     '`levels="debug,error"` the record reaches `handle()` and is refused by the allow list. '
+    "`install()` chains `Logger.callHandlers` (it adds no handler): it is timed over a "
+    "`NullHandler`, taking turns in the same process with the original method put back, "
+    "for a record below its allow list and for a record the logger's own level (WARNING) "
+    "filters out before it is made. "
     "sentry-sdk is timed over a `NullHandler` with its patched `Logger.callHandlers`, taking "
     'turns in the same process with the original method put back. "Added ns" is the '
     "median, over turns, of the difference to that `NullHandler` loop. **logger.exception:** "
@@ -677,7 +733,7 @@ def render_doc_block(
         "",
         filtered_table(filtered, markdown=True),
         "",
-        f"- {_verdict(filtered[1], quick)}",
+        *(f"- {_verdict(what, row, quick)}" for what, row in _targets(filtered)),
         "",
         exc_table(exc, markdown=True),
         "",
@@ -709,6 +765,8 @@ def run(config: Config, quick: bool, write: bool) -> int:
     try:
         progress("filtered-out record: NullHandler and PostHogHandler")
         plain = run_child("filtered", config, server)["loops"]
+        progress("filtered-out record: install()'s logging hook")
+        hooked = run_child("filtered-install", config, server)["loops"]
         progress("filtered-out record: sentry-sdk's logging integration")
         sentry = run_child("filtered-sentry", config, server)["loops"]
         exc: dict[str, dict[str, Any]] = {}
@@ -747,6 +805,16 @@ def run(config: Config, quick: bool, write: bool) -> int:
             plain["null"],
         ),
         FilteredRow(
+            "install() (levels error, fatal) + NullHandler",
+            hooked["install"],
+            hooked["null"],
+        ),
+        FilteredRow(
+            "install(), logger at WARNING: no record made (vs the same without install())",
+            hooked["level_install"],
+            hooked["level_null"],
+        ),
+        FilteredRow(
             "sentry-sdk LoggingIntegration + NullHandler", sentry["sentry"], sentry["null"]
         ),
     ]
@@ -767,7 +835,8 @@ def run(config: Config, quick: bool, write: bool) -> int:
     print()
     print(filtered_table(filtered, markdown=False))
     print()
-    print(f"target: {_verdict(filtered[1], quick)}")
+    for what, row in _targets(filtered):
+        print(f"target: {_verdict(what, row, quick)}")
     print()
     print(
         f"logger.exception: {DEPTH}-frame ValueError, same site, {config.exc_reps} x "

@@ -17,6 +17,8 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+from posthog_errors._stats import STATS
+
 __all__ = ["ClientSource"]
 
 logger = logging.getLogger("posthog_errors")
@@ -52,6 +54,7 @@ class ClientSource:
         self._built: Any = None
         self._lock = threading.Lock()
         self._warned = False
+        self._warned_callable = False
 
     def resolve(self) -> Any:
         """The client for this event, or None (after one warning) when there is none."""
@@ -59,10 +62,13 @@ class ClientSource:
         if client is not None:
             if _is_client(client):
                 return client
-            produced = client()
+            try:
+                produced = client()
+            except Exception as error:
+                return self._bad_callable(f"raised {error!r}")
             if produced is None or _is_client(produced):
                 return produced
-            raise TypeError(f"the client callable returned {produced!r}, not a posthog client")
+            return self._bad_callable(f"returned {produced!r}, not a posthog client")
         if self._api_key is None and self._fallback is not None:
             installed = self._fallback()
             if installed is not None:
@@ -70,6 +76,18 @@ class ClientSource:
         if self._built is None:
             self._build()
         return self._built
+
+    def _bad_callable(self, what: str) -> None:
+        """The user's client callable failed for this event: counted, said once, and the
+        event is not sent (there is no client to send it to)."""
+        STATS.add("invalid_input")
+        if not self._warned_callable:
+            self._warned_callable = True
+            logger.warning(
+                "posthog-errors: the client callable %s; events it has no client for are "
+                "not sent (counted in stats()['dropped'])",
+                what,
+            )
 
     def prepare(self) -> None:
         """Build the client from a key now, or warn now that there is none.

@@ -292,11 +292,18 @@ def test_a_client_callable_is_called_per_event_never_at_install(
             logging.getLogger("app").error("failed inside the request")
         contextvars.copy_context().run(request)
         assert calls == ["acme"], calls
+        # Outside a request the callable raises: those events have nowhere to go.
+        logging.getLogger("app").error("failed at start-up")
+        logging.getLogger("app").error("failed at start-up again")
         assert posthog_errors.flush(5)
+        stats = posthog_errors.stats()
+        print(stats["sent"], stats["dropped"], stats["invalid_input"], stats["internal_errors"])
         """,
         capture_server.url,
     )
     assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1", "2", "2", "0"]
+    assert result.stderr.count("the client callable raised LookupError") == 1, result.stderr
     [event] = capture_server.wait_for_events(1)
     assert event["distinct_id"] == "acme-user"
 
