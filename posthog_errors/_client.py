@@ -19,7 +19,7 @@ from typing import Any
 
 from posthog_errors._stats import STATS
 
-__all__ = ["ClientSource"]
+__all__ = ["ClientSource", "warm_up_posthog"]
 
 logger = logging.getLogger("posthog_errors")
 
@@ -127,3 +127,20 @@ class ClientSource:
 
 def _is_client(value: Any) -> bool:
     return callable(getattr(value, "capture", None)) and callable(getattr(value, "flush", None))
+
+
+def warm_up_posthog() -> None:
+    """Do the posthog client's lazy first-capture work now, on the calling thread.
+
+    The client's first ``capture()`` describes the OS (``distro`` runs ``lsb_release`` and
+    ``uname`` in subprocesses, once, and caches the answer). Done on our worker, a fork at
+    that moment leaves the child waiting for ever on a lock the worker held, and under
+    gevent the subprocess's fork resumes the app's main greenlet in the child, which then
+    runs app code twice. ``install()`` calls this at start-up instead.
+    """
+    try:
+        from posthog.utils import system_context
+
+        system_context()
+    except Exception:  # an older or newer client without it: nothing to warm up
+        pass

@@ -7,10 +7,19 @@ Nothing here ever calls an object's own ``__repr__``: a hostile or slow ``__repr
 run for ever, and a ``__repr__`` is where secrets leak. Builtin scalars and containers are
 rendered by hand, with bounds; any other object shows as ``<module.Class object>``.
 Names and values that look like secrets are masked, and an event gets a byte budget.
+
+Hostile values are bounded before anything reads them: a string is cut to a window of
+``_MAX_TEXT + _SECRET_WINDOW`` characters before the secret patterns run (a secret that
+straddles the shown part is still seen whole, and a 50 MB string costs what a short one
+does), containers are read ``_MAX_ITEMS`` items at most, and an int too big for ``str()``
+(Python's 4,300-digit limit, or anything over 256 characters) shows as
+``<int with N bits>``. A variable whose rendering fails anyway shows as
+``<unrepresentable>`` (counted as ``invalid_input``); the event keeps the others.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections import Counter
@@ -19,13 +28,21 @@ from typing import Any
 
 from posthog_errors._frames import safe_text
 from posthog_errors._redact import redact
+from posthog_errors._stats import STATS
 
-__all__ = ["MASKED", "VariableBudget", "serialize_locals"]
+__all__ = ["MASKED", "UNREPRESENTABLE", "VariableBudget", "int_text", "serialize_locals"]
 
 MASKED = "[Filtered]"
+UNREPRESENTABLE = "<unrepresentable>"
 _MAX_TEXT = 256
 _MAX_ITEMS = 10
 _MAX_DEPTH = 2
+# Characters read past the shown part of a string, so that a secret crossing the cut is
+# matched (and masked) whole rather than shown in part.
+_SECRET_WINDOW = 512
+# Over this many bits, an int's decimal form is over _MAX_TEXT characters (and from about
+# 14,000 bits str() refuses it): it is shown by size.
+_MAX_INT_BITS = 800
 
 # Variable names that hold secrets.
 _SECRET_NAME = re.compile(
@@ -78,17 +95,35 @@ class VariableBudget:
 def serialize_locals(variables: Mapping[str, Any], budget: VariableBudget) -> dict[str, Any]:
     """``name -> value`` for one frame: scalars first, so they survive a tight budget."""
     result: dict[str, Any] = {}
+    # Exact str names only: a str subclass's methods (startswith, __hash__) never run.
     names = sorted(
-        (name for name in variables if isinstance(name, str) and not name.startswith("__")),
+        (name for name in variables if type(name) is str and not name.startswith("__")),
         key=lambda name: (not _is_scalar(variables[name]), name),
     )
     for name in names:
-        value = MASKED if _SECRET_NAME.search(name) else _render(variables[name], 0)
+        value = MASKED if _SECRET_NAME.search(name) else _render_variable(variables[name])
         cost = len(name) + (len(value) if isinstance(value, str) else 8) + 6
         if not budget.take(cost):
             break
         result[safe_text(name, 100)] = value
     return result
+
+
+def _render_variable(value: Any) -> Any:
+    """One variable; a failure loses this variable's value, never the event."""
+    try:
+        return _render(value, 0)
+    except Exception:
+        STATS.add("invalid_input")
+        return UNREPRESENTABLE
+
+
+def int_text(value: int) -> str:
+    """An int as text without ``str()`` for a huge one (which may raise, and is slow)."""
+    bits = int.bit_length(value)
+    if bits <= _MAX_INT_BITS:
+        return int.__repr__(value)
+    return f"<int with {bits} bits>"
 
 
 def _is_scalar(value: object) -> bool:
@@ -100,7 +135,7 @@ def _render(value: Any, depth: int) -> Any:
     if value is None or kind is bool:
         return value
     if kind is int:
-        return value if abs(value) < 2**53 else _bounded(str(value))
+        return value if abs(value) < 2**53 else _bounded(int_text(value))
     if kind is float:
         return value if math.isfinite(value) else str(value)
     if kind is str:
@@ -113,13 +148,18 @@ def _render(value: Any, depth: int) -> Any:
 
 
 def _text(value: str) -> str:
+    if len(value) > _MAX_TEXT + _SECRET_WINDOW:
+        # Cut first: the patterns below then read a bounded window, never the whole value.
+        window = value[: _MAX_TEXT + _SECRET_WINDOW]
+        return MASKED if _SECRET_VALUE.search(window) else _bounded(redact(window))
     if _looks_secret(value):
         return MASKED
     return _bounded(redact(value))
 
 
 def _container(value: Any, depth: int) -> str:
-    items = list(value.items() if isinstance(value, dict) else value)
+    iterable = value.items() if isinstance(value, dict) else value
+    items = list(itertools.islice(iterable, _MAX_ITEMS + 1))
     more = len(items) > _MAX_ITEMS
     parts = []
     for item in items[:_MAX_ITEMS]:
@@ -157,8 +197,7 @@ def _bounded(text: str) -> str:
 
 
 def _looks_secret(value: str) -> bool:
-    if len(value) > 4096:
-        return False  # too long to be a credential; shown truncated
+    """The whole value is a credential (short values only: see ``_text``)."""
     return bool(_SECRET_VALUE.search(value)) or _high_entropy(value)
 
 

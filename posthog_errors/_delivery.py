@@ -1,21 +1,31 @@
 """Delivery: one bounded queue, one background worker, bounded flushes.
 
-The caller's thread only appends a snapshot to a deque and sets an event (about a
-microsecond). The worker builds the payload and hands it to the posthog client, whose own
-consumer threads do the HTTP. So nothing here ever waits on the network for the app.
+The caller's thread only puts a snapshot on a :class:`queue.SimpleQueue`. That is one C
+call, documented as safe to make from a signal handler or a ``__del__``, and it takes no
+lock that Python code holds: a signal handler that captures in the middle of a capture, or
+an exception it raises there, can never leave the caller's path locked. The worker builds
+the payload and hands it to the posthog client, whose own consumer threads do the HTTP. So
+nothing here ever waits on the network for the app (but see ``flush()`` and pool workers).
+
+``flush()`` puts a marker in the same queue and waits for the worker to reach it, on a
+queue of its own: every snapshot submitted before the flush was delivered by then.
 
 Also here: the flush at interpreter exit (registered with ``threading._register_atexit``
 so it runs before ``atexit`` handlers, while the posthog client's consumers still accept
-work, and without starting a thread, which Python 3.12+ forbids at shutdown), and fork
-safety (the child starts with an empty queue, fresh locks and its own worker).
+work, and without starting a thread, which Python 3.12+ forbids at shutdown); captures
+made after it (by ``atexit`` handlers, or ``__del__`` methods at exit) are each flushed
+right away, within what is left of ``shutdown_timeout``. Fork safety: the child starts with
+an empty queue and, lazily, its own worker. ``multiprocessing`` pool workers flush each
+capture before the task goes on, since ``Pool.terminate()`` kills them without an exit.
 """
 
 from __future__ import annotations
 
 import atexit
-import collections
 import logging
 import os
+import queue
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -31,6 +41,8 @@ DEFAULT_QUEUE_SIZE = 1000
 DEFAULT_SHUTDOWN_TIMEOUT = 2.0
 _IDLE_WAIT = 1.0
 _BATCH_DELAY = 0.02
+_GRACE_POLL = 0.005  # how often a held-back event checks whether a flush is waiting
+_FLUSH_POLL = 0.1  # how often a waiting flush checks that the worker is still alive
 
 
 class UploadFailureWatch(logging.Filter):
@@ -58,6 +70,15 @@ class UploadFailureWatch(logging.Filter):
 _UPLOADS = UploadFailureWatch()
 
 
+class _FlushMarker:
+    """Put in the queue by ``flush()``; the worker answers on ``done`` when it gets there."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done: queue.SimpleQueue[bool] = queue.SimpleQueue()
+
+
 class DeliveryWorker:
     """A bounded queue of snapshots and the thread that delivers them."""
 
@@ -65,21 +86,21 @@ class DeliveryWorker:
         self.max_queue = max_queue
         self.shutdown_timeout = DEFAULT_SHUTDOWN_TIMEOUT
         self._redirect: Callable[[EventSnapshot], None] | None = None
+        self._start_lock = threading.RLock()  # C-level and re-entrant: see _start()
         self._init_state()
         self._exit_registered = False
 
     def _init_state(self) -> None:
-        self._queue: collections.deque[EventSnapshot] = collections.deque()
-        self._wakeup = threading.Event()
-        self._hurry = threading.Event()  # set by flush(): skip the grace of not_before
-        self._progress = threading.Condition(threading.Lock())
-        self._submitted = 0
-        self._done = 0
-        self._start_lock = threading.Lock()
+        # The queue is made with the worker, lazily: under gevent, ``queue.SimpleQueue`` is
+        # gevent's only once monkey-patching ran, which may be after this module's import.
+        self._queue: queue.SimpleQueue[EventSnapshot | _FlushMarker] | None = None
+        self._hurry = False  # set by flush(): skip the grace of not_before and batching
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         self._clients: dict[int, Any] = {}
-        self._stopping = False
+        self._exited = False  # the exit flush ran: flush each later capture at once
+        self._late_deadline: float | None = None  # ...until this time.monotonic()
+        self._pool_worker = False
         self._failures_seen = _UPLOADS.failures
 
     # -- caller's thread -------------------------------------------------------------
@@ -102,15 +123,25 @@ class DeliveryWorker:
         if sink is not None:
             sink(snapshot)
             return True
-        if len(self._queue) >= self.max_queue or self._stopping:
+        work = self._queue
+        if work is None or self._thread is None or self._pid != os.getpid():
+            try:
+                work = self._start()
+            except RuntimeError:
+                # No new thread at interpreter shutdown (Python 3.12+): the first capture
+                # of the process came from an atexit handler. Deliver it here, bounded.
+                self._deliver_now(snapshot)
+                return True
+        if work.qsize() >= self.max_queue:
             STATS.add("dropped")
             return False
-        if self._thread is None:
-            self._start()
-        with self._progress:
-            self._submitted += 1
-        self._queue.append(snapshot)
-        self._wakeup.set()
+        work.put(snapshot)
+        if self._exited or _shutting_down():
+            self._flush_late()
+        elif self._pool_worker:
+            # Pool.__exit__ terminates its workers with no exit flush: deliver before the
+            # task goes on (bounded), or the event dies with the worker.
+            self.flush(self.shutdown_timeout)
         return True
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -120,64 +151,101 @@ class DeliveryWorker:
         no upload failed since the last flush.
         """
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
-        with self._progress:
-            target = self._submitted
-        self._hurry.set()
-        self._wakeup.set()
-        with self._progress:
-            while self._done < target:
-                if self._thread is None or not self._thread.is_alive():
-                    return False
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._progress.wait(0.05 if remaining is None else min(0.05, remaining))
+        work, thread = self._queue, self._thread
+        if (
+            work is not None
+            and thread is not None
+            and self._pid == os.getpid()
+            and thread is not threading.current_thread()  # a before_send that flushes
+        ):
+            marker = _FlushMarker()
+            self._hurry = True
+            work.put(marker)
+            if not self._wait_for(marker, thread, deadline):
+                return False
         drained = self._flush_clients(deadline)
         failures = _UPLOADS.failures
         no_new_failures = failures == self._failures_seen
         self._failures_seen = failures
         return drained and no_new_failures
 
+    def _wait_for(
+        self, marker: _FlushMarker, thread: threading.Thread, deadline: float | None
+    ) -> bool:
+        """Until the worker reached ``marker``; False at the deadline or if it died."""
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            step = _FLUSH_POLL if remaining is None else min(_FLUSH_POLL, remaining)
+            try:
+                return marker.done.get(timeout=step)
+            except queue.Empty:
+                if not thread.is_alive():
+                    return False
+
     # -- the worker --------------------------------------------------------------------
 
-    def _start(self) -> None:
+    def _start(self) -> queue.SimpleQueue[EventSnapshot | _FlushMarker]:
+        # A re-entrant C lock, taken with no Python code between acquire and release that
+        # an asynchronous exception could interrupt; a signal handler that captures while
+        # the first capture of the process starts the worker just re-enters it.
         with self._start_lock:
-            if self._thread is not None:
-                return
-            thread = threading.Thread(target=self._run, name="posthog-errors-worker", daemon=True)
+            if self._pid != os.getpid():
+                self._init_state()  # a forked child that no at-fork hook re-initialised
+            work = self._queue
+            if work is not None and self._thread is not None:
+                return work
+            work = queue.SimpleQueue()
+            thread = threading.Thread(
+                target=self._run, args=(work,), name="posthog-errors-worker", daemon=True
+            )
             thread.start()
-            self._thread = thread
+            self._pool_worker = _in_pool_worker()
+            self._queue, self._thread = work, thread
             if not self._exit_registered:
                 self._exit_registered = True
                 _register_exit(self._flush_at_exit)
                 logging.getLogger("posthog").addFilter(_UPLOADS)
+            return work
 
-    def _run(self) -> None:
+    def _run(self, work: queue.SimpleQueue[EventSnapshot | _FlushMarker]) -> None:
         _guard.mark_library_thread()
         with _guard.library_code():
+            idle = True
             while True:
-                self._wakeup.wait(_IDLE_WAIT)
-                self._wakeup.clear()
-                if self._queue and not self._hurry.is_set():
+                try:
+                    item = work.get(timeout=_IDLE_WAIT)
+                except queue.Empty:
+                    idle = True
+                    continue
+                if isinstance(item, _FlushMarker):
+                    item.done.put(True)
+                    del item
+                    if work.empty():
+                        self._hurry = False
+                        idle = True
+                    continue
+                if idle and not self._hurry:
                     # Let a burst finish first: while the app is still capturing, building
                     # payloads here would only compete with it for the GIL.
-                    self._hurry.wait(_BATCH_DELAY)
-                while self._queue:
-                    snapshot = self._queue.popleft()
-                    self._wait_until(snapshot.not_before)
-                    self._deliver(snapshot)
-                    with self._progress:
-                        self._done += 1
-                        self._progress.notify_all()
-                if not self._queue:
-                    self._hurry.clear()
+                    time.sleep(_BATCH_DELAY)
+                idle = False
+                self._wait_until(item.not_before)
+                self._deliver(item)
+                del item  # hold no delivered event (its properties, its client) while idle
+                if work.empty():
+                    self._hurry = False
+                    idle = True
 
     def _wait_until(self, not_before: float) -> None:
         """Hold an event back until ``not_before`` (a grace for late properties), unless a
         flush is waiting for it."""
-        remaining = not_before - time.monotonic()
-        if remaining > 0 and not self._hurry.is_set():
-            self._hurry.wait(remaining)
+        while not self._hurry:
+            remaining = not_before - time.monotonic()
+            if remaining <= 0:
+                return
+            time.sleep(min(remaining, _GRACE_POLL))
 
     def _deliver(self, snapshot: EventSnapshot) -> None:
         try:
@@ -194,12 +262,18 @@ class DeliveryWorker:
             # event, not the worker that every later event depends on.
             STATS.add("dropped")
 
+    def _deliver_now(self, snapshot: EventSnapshot) -> None:
+        with _guard.library_code():
+            self._deliver(snapshot)
+            self._flush_clients(time.monotonic() + self.shutdown_timeout)
+
     def _flush_clients(self, deadline: float | None) -> bool:
         """Flush every client events were handed to since it last drained.
 
         A drained client is forgotten (so a process that used many clients, one per tenant,
         holds none of them here for long); one still holding events stays, and makes the
-        flush report False until it drains.
+        flush report False until it drains. One whose ``flush()`` raised is forgotten too:
+        this flush reports False, later ones do not inherit its failure.
         """
         ok = True
         for key, client in list(self._clients.items()):
@@ -213,6 +287,7 @@ class DeliveryWorker:
                 else:
                     self._clients.pop(key, None)
             except Exception as error:
+                self._clients.pop(key, None)
                 _guard.internal_error(error, reraise=False)
                 ok = False
         return ok
@@ -225,14 +300,43 @@ class DeliveryWorker:
         except Exception as error:
             _guard.internal_error(error, reraise=False)
         finally:
-            self._stopping = True
+            # Later captures (atexit handlers, ``__del__`` at exit) are flushed one by one,
+            # all of them within one more shutdown_timeout.
+            self._late_deadline = time.monotonic() + self.shutdown_timeout
+            self._exited = True
+
+    def _flush_late(self) -> None:
+        deadline = self._late_deadline
+        if deadline is None:  # shutting down, and no exit flush ran: the budget starts now
+            deadline = self._late_deadline = time.monotonic() + self.shutdown_timeout
+        remaining = deadline - time.monotonic()
+        if remaining > 0:
+            self.flush(remaining)
 
     def _after_fork_in_child(self) -> None:
-        # The parent delivers what it queued; the child starts empty, with fresh locks
-        # (a parent thread may have held one at fork time) and, lazily, its own thread.
+        # The parent delivers what it queued; the child starts empty and, lazily, with its
+        # own thread. Nothing here can be held by a thread that the fork left behind.
         dropped_clients = self._clients
+        self._start_lock = threading.RLock()
         self._init_state()
         del dropped_clients
+
+
+def _shutting_down() -> bool:
+    """The interpreter is exiting: ``threading._shutdown`` has begun (so no exit flush can
+    be registered any more), or finalisation has."""
+    return bool(getattr(threading, "_SHUTTING_DOWN", False)) or sys.is_finalizing()
+
+
+def _in_pool_worker() -> bool:
+    """Whether this process is a ``multiprocessing.Pool`` worker (ForkPoolWorker-1, ...)."""
+    multiprocessing = sys.modules.get("multiprocessing")
+    if multiprocessing is None:
+        return False
+    try:
+        return "PoolWorker-" in multiprocessing.current_process().name
+    except Exception:
+        return False
 
 
 def _register_exit(callback: Callable[[], None]) -> None:
@@ -254,12 +358,11 @@ def worker() -> DeliveryWorker:
 
 
 def _after_fork_in_child() -> None:
-    from posthog_errors import _dedupe, _rate_limit
+    from posthog_errors import _dedupe
     from posthog_errors._snapshot import UUIDS
 
     UUIDS._after_fork_in_child()
     STATS._after_fork_in_child()
-    _rate_limit._after_fork_in_child()
     _guard._after_fork_in_child()
     _dedupe._after_fork_in_child()
     _WORKER._after_fork_in_child()

@@ -108,7 +108,10 @@ class FrameBuilder:
             "post_context": post,
             "in_app": self.in_app(code, abs_path, module),
         }
-        size = 160 + len(frame["filename"]) + len(abs_path) + len(frame["function"])
+        # Characters, with a per-frame allowance for the JSON around them: the payload
+        # turns it into a bound in bytes (see ``_payload``), so every text field counts.
+        size = 160 + len(frame["filename"]) + len(frame["abs_path"] or "")
+        size += len(frame["function"]) + len(frame["module"] or "")
         size += sum(len(s) for s in pre) + sum(len(s) for s in post) + len(line or "")
         return frame, size
 

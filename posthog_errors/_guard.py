@@ -29,6 +29,7 @@ __all__ = [
     "internal_error",
     "library_code",
     "mark_library_thread",
+    "raised_by_signal_handler",
     "strict_failures",
 ]
 
@@ -78,12 +79,48 @@ def internal_error(error: Exception, *, reraise: bool = True) -> None:
 
     ``reraise=False`` is for the worker thread: raising there would only kill the worker,
     so strict mode records the error for the test suite to fail on instead.
+
+    An exception that a signal handler raised is not ours, wherever it landed: it is
+    re-raised, always, and not counted (see :func:`raised_by_signal_handler`).
     """
+    if raised_by_signal_handler(error):
+        raise error
     STATS.add("internal_errors")
     if _strict():
         _strict_failures.append(error)
         if reraise:
             raise error
+
+
+def raised_by_signal_handler(error: BaseException) -> bool:
+    """Whether ``error`` was raised by a Python signal handler (or code it called).
+
+    A timeout built on ``signal.alarm``, or Celery's soft time limit, raises an
+    ``Exception`` subclass from a signal handler, between two bytecodes of whatever the
+    main thread runs: possibly the library. Swallowed by a guard, the app's timeout would
+    be lost. Recognised by a frame in its traceback running the code of an installed
+    signal handler. Signal handlers run only in the main thread; checked on the error path
+    only.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    tb = error.__traceback__
+    if tb is None:
+        return False
+    try:
+        import signal
+
+        handlers = {
+            getattr(signal.getsignal(signum), "__code__", None) for signum in signal.valid_signals()
+        }
+    except Exception:
+        return False
+    handlers.discard(None)
+    while tb is not None:
+        if tb.tb_frame.f_code in handlers:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def strict_failures() -> list[BaseException]:

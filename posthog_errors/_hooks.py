@@ -31,6 +31,7 @@ __all__ = [
     "install_asyncio_hook",
     "install_exit_hook",
     "install_logging_hook",
+    "install_process_hook",
     "install_sys_excepthook",
     "install_threading_excepthook",
     "install_unraisablehook",
@@ -210,6 +211,47 @@ def install_asyncio_hook(reporter: Reporter) -> Restore:
         previous,
         lambda: base.call_exception_handler,
         lambda hook: setattr(base, "call_exception_handler", hook),
+    )
+
+
+def install_process_hook(reporter: Reporter, *, capture_exits: bool = False) -> Restore:
+    """Wrap ``multiprocessing.process.BaseProcess.run`` to report an uncaught exception of a
+    ``multiprocessing.Process`` target.
+
+    In a child process, ``sys.excepthook`` never runs: ``BaseProcess._bootstrap`` catches
+    the exception, prints it itself and exits with status 1. The event is delivered by the
+    exit flush, which ``_bootstrap`` still runs (``threading._shutdown``). A forked child
+    inherits the hook; a spawned or forkserver child has it when ``install()`` runs at
+    import time of the main module (which the child imports again), not only under
+    ``if __name__ == "__main__":``.
+    """
+    from multiprocessing.process import BaseProcess
+
+    previous = BaseProcess.run
+    switch = _Switch()
+
+    def posthog_errors_process_run(self: BaseProcess) -> None:
+        try:
+            previous(self)
+        except BaseException as exc:
+            if switch.on and _reportable(exc, capture_exits):
+                reporter.capture(
+                    exc,
+                    level="fatal",
+                    handled=False,
+                    mechanism="multiprocessing",
+                    source="python.multiprocessing",
+                    properties={"process_name": str(self.name)[:200]},
+                )
+            raise
+
+    BaseProcess.run = posthog_errors_process_run  # type: ignore[method-assign]
+    return _undo(
+        switch,
+        posthog_errors_process_run,
+        previous,
+        lambda: BaseProcess.run,
+        lambda hook: setattr(BaseProcess, "run", hook),
     )
 
 

@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Any
 
 from posthog_errors import _hooks, _rate_limit, _reporter
+from posthog_errors._client import warm_up_posthog
 from posthog_errors._delivery import worker
 from posthog_errors._reporter import BeforeSend, Reporter
 from posthog_errors.handler import PostHogHandler
@@ -148,6 +149,7 @@ def install(
         delivery.shutdown_timeout = float(shutdown_timeout)
         if not delivery.redirected:  # (posthog_errors.testing needs no client)
             reporter.client_source.prepare()  # build the client (or warn) now, not later
+            warm_up_posthog()
 
         installation = Installation(reporter, handler, options)
         installation._previous_default = _reporter.set_default_reporter(reporter)
@@ -157,6 +159,7 @@ def install(
             restores.append(
                 _hooks.install_threading_excepthook(reporter, capture_exits=capture_exits)
             )
+            restores.append(_hooks.install_process_hook(reporter, capture_exits=capture_exits))
             if capture_exits:
                 restores.append(_hooks.install_exit_hook(reporter))
         if unraisable:

@@ -2,7 +2,11 @@
 
 A log record without an exception still becomes an ``$exception`` event: one synthetic entry
 whose stack is the logging call site (logging's and structlog's own frames removed), grouped
-by a fingerprint of the logger name and the unformatted template.
+by a fingerprint of the logger name and the unformatted template, and rate limited per call
+site (so f-string messages from one line share one budget).
+
+Everything here costs the caller a bounded amount, whatever the size of the message: a
+huge template is hashed by its head and length, and messages are compared by their heads.
 
 When structlog and the stdlib handler are both configured, one log call reaches both. An
 exception is sent once anyway (its object is marked); a message is marked on its LogRecord
@@ -16,15 +20,18 @@ import contextvars
 import hashlib
 import logging
 import sys
+from collections.abc import Hashable
 from typing import Any
 
 from posthog_errors._snapshot import FrameRef, frames_from_stack
 
 __all__ = [
+    "TEXT_HEAD",
     "call_site_frames",
     "fingerprint",
     "mark_record_sent",
     "mark_structlog_message",
+    "message_rate_key",
     "record_was_sent",
     "was_sent_by_structlog",
 ]
@@ -34,19 +41,67 @@ __all__ = [
 # extra attributes, as they do posthog's own ``_posthog_log_prefix_applied``.
 _RECORD_MARK = "_posthog_errors_sent"
 
-# (id of the structlog event dict, formatted message) of the message the structlog
-# processor just sent in this context; the stdlib handler in the same call skips it.
-_recent_structlog_message: contextvars.ContextVar[tuple[int, str] | None] = contextvars.ContextVar(
-    "posthog_errors_recent_structlog_message", default=None
+# How much of a long text the caller's thread reads: the head of a template that is hashed
+# into its fingerprint, and the head by which two messages are compared.
+TEXT_HEAD = 8192
+# Templates up to this length are their own fingerprint.
+_VERBATIM = 200
+
+# (id of the structlog event dict, comparable head of the formatted message) of the message
+# the structlog processor just sent in this context; the stdlib handler in the same call
+# skips it.
+_recent_structlog_message: contextvars.ContextVar[tuple[int, tuple[bool, str]] | None] = (
+    contextvars.ContextVar("posthog_errors_recent_structlog_message", default=None)
 )
 
 
 def fingerprint(logger_name: str, template: str) -> str:
-    """One issue per (logger, unformatted template), whatever the arguments."""
-    if len(template) <= 200:
+    """One issue per (logger, unformatted template), whatever the arguments.
+
+    A template of up to 200 characters is used verbatim. A longer one becomes its first 100
+    characters and a 16-hex-digit SHA-256 digest. Up to ``TEXT_HEAD`` (8192) characters the
+    digest covers the whole template; beyond that it covers the first 8192 characters and
+    the length only, so a 50 MB template costs the caller what an 8 KB one does. The
+    trade-off, intended: two templates of the same length that differ only after their
+    first 8192 characters share a fingerprint (one issue); a different length or a
+    different head gives a different fingerprint.
+    """
+    length = len(template)
+    if length <= _VERBATIM:
         return f"{logger_name}:{template}"
-    digest = hashlib.sha256(template.encode("utf-8", "replace")).hexdigest()[:16]
+    if length <= TEXT_HEAD:
+        data = template.encode("utf-8", "replace")
+    else:
+        # Unambiguous: a template of at most TEXT_HEAD characters never hashes these bytes
+        # (they start with TEXT_HEAD characters and go on).
+        data = template[:TEXT_HEAD].encode("utf-8", "replace") + b"\0%d" % length
+    digest = hashlib.sha256(data).hexdigest()[:16]
     return f"{logger_name}:{template[:100]}...{digest}"
+
+
+def message_rate_key(
+    logger_name: str,
+    record: logging.LogRecord | None,
+    frames: tuple[FrameRef, ...],
+    template_fingerprint: str | None,
+    fallback: str,
+) -> Hashable:
+    """What a message-only event is rate limited by: its call site.
+
+    The site is the record's ``pathname``/``lineno`` (right through a ``QueueHandler``, and
+    honouring ``stacklevel``), else, when the record has none (``logging._srcfile = None``,
+    structlog's native chain), the innermost frame of ``frames``. An f-string message from
+    one line then shares one budget whatever its text. ``template_fingerprint`` is given
+    when the message was logged with arguments: its template is then stable, and a helper
+    that logs many templates from one line keeps a budget per template. With no site at
+    all, ``fallback`` (the event's fingerprint) is the key.
+    """
+    if record is not None and record.lineno and record.pathname != "(unknown file)":
+        return (logger_name, record.pathname, record.lineno, template_fingerprint)
+    if frames:
+        code, lineno, _ = frames[-1]
+        return (logger_name, code.co_filename, lineno, template_fingerprint)
+    return fallback
 
 
 def call_site_frames(max_frames: int) -> tuple[tuple[FrameRef, ...], int]:
@@ -74,8 +129,15 @@ def record_was_sent(record: logging.LogRecord) -> bool:
     return getattr(record, _RECORD_MARK, False) is True
 
 
+def _comparable(message: str) -> tuple[bool, str]:
+    """A message as the doors compare it: whether it is long, and its head. Bounded, and
+    the same for the structlog processor's full message and the handler's, whose long
+    arguments were cut (see ``handler._message``) after the head."""
+    return len(message) > TEXT_HEAD, message[:TEXT_HEAD]
+
+
 def mark_structlog_message(event_dict: Any, message: str) -> None:
-    _recent_structlog_message.set((id(event_dict), message))
+    _recent_structlog_message.set((id(event_dict), _comparable(message)))
 
 
 def was_sent_by_structlog(record: logging.LogRecord, message: str) -> bool:
@@ -85,7 +147,7 @@ def was_sent_by_structlog(record: logging.LogRecord, message: str) -> bool:
     recent = _recent_structlog_message.get()
     if recent is None:
         return False
-    if id(record.msg) == recent[0] or message == recent[1]:
+    if id(record.msg) == recent[0] or _comparable(message) == recent[1]:
         _recent_structlog_message.set(None)
         return True
     return False

@@ -23,7 +23,10 @@ class PayloadOptions:
     ``redact_secrets`` filters URL credentials, auth header values and ``password=...``
     from exception values and log messages. ``capture_code_variables`` (off by default)
     sends each in-app frame's locals, masked, within ``code_variables_budget`` bytes per
-    event.
+    event. ``max_value_length`` cuts each exception's value text on the caller's thread,
+    before anything else reads it. ``max_event_bytes`` is the budget for the JSON of the
+    whole properties (exception list and user properties); see ``_payload`` for the order
+    in which an event over it is shrunk.
     """
 
     in_app_include: tuple[str, ...] = ()

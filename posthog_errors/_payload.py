@@ -1,24 +1,54 @@
 """The ``$exception`` payload builder: pure, no I/O beyond reading source through linecache.
 
 Everything here runs on the worker thread (or in :func:`exception_properties`, for users who
-want the payload itself) and never raises: hostile ``__str__``/``__repr__``, missing source,
-frozen modules and cyclic chains all produce a valid payload, per exception-event.md.
+want the payload itself) and never raises: hostile ``__repr__``, missing source, frozen
+modules and cyclic chains all produce a valid payload, per exception-event.md. The
+exception's own text (``str(exc)``) was read on the caller's thread, into the snapshot
+(see ``_snapshot``), so that no queued event holds an exception, its traceback or locals.
+
+**Size.** The whole properties JSON (the exception list *and* the user's properties: log
+``extra=``, bound properties, Sentry data) is measured against ``max_event_bytes`` (512 KiB
+by default, well under the posthog client's 900 KiB drop limit). An event over it is
+shrunk, measuring the real JSON after each step, in this order:
+
+1. user properties whose JSON is over 2,100 bytes, largest first, each replaced by a
+   string: the first 1,000 characters of its JSON and ``... [cut from N bytes: event size
+   limit]``
+   (a key PostHog reads as a typed field, such as ``$exception_fingerprint_record``, is
+   removed instead); the exception list is untouched while this suffices;
+2. code variables;
+3. context lines around each frame;
+4. middle frames (the outermost and innermost 10 of each stack are kept);
+5. each frame's own line, and exception values beyond 1,024 characters;
+6. the stack traces of the innermost (last) entries, then of the first.
+
+An event still over the client's limit after that is never handed to the client (see
+``Reporter.deliver``): it is dropped and counted as ``dropped``.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 from collections.abc import Iterable
 from typing import Any
 
-from posthog_errors._code_variables import VariableBudget, serialize_locals
+from posthog_errors._code_variables import VariableBudget, int_text, serialize_locals
 from posthog_errors._frames import FrameBuilder, safe_text
 from posthog_errors._options import PayloadOptions, as_names
 from posthog_errors._redact import redact
 from posthog_errors._snapshot import EventSnapshot, ExceptionSnapshot, walk_exceptions
 
-__all__ = ["LEVELS", "MESSAGE_TYPE", "build_properties", "exception_properties", "json_safe"]
+__all__ = [
+    "LEVELS",
+    "MESSAGE_TYPE",
+    "build_properties",
+    "build_properties_sized",
+    "exception_properties",
+    "json_safe",
+    "json_size",
+]
 
 LEVELS = ("fatal", "error", "warning", "log", "info", "debug")
 # The type of the synthetic entry of a message-only event (a log record with no exception).
@@ -34,6 +64,33 @@ _MAX_PROPERTY_TEXT = 1024
 _RESERVED = frozenset(
     {"$exception_list", "$exception_level", "$exception_source", "$exception_handled"}
 )
+# Properties the payload sets itself: never cut to fit the size budget.
+_OWN = _RESERVED | {"$exception_fingerprint", "$session_id"}
+# Keys PostHog's ingestion reads as typed fields (exception-event.md): a string in their
+# place would reject the whole event, so when too big they are removed, not cut.
+_TYPED_KEYS = frozenset(
+    {
+        "$exception_types",
+        "$exception_values",
+        "$exception_sources",
+        "$exception_functions",
+        "$exception_releases",
+        "$exception_issue_id",
+        "$exception_proposed_fingerprint",
+        "$exception_fingerprint_record",
+        "$issue_name",
+        "$issue_description",
+        "$debug_images",
+    }
+)
+# What is left of a user property cut to fit the budget: this many characters of its JSON,
+# and a note. Only a property whose JSON is over twice that (plus the note) is cut, so a
+# cut always saves bytes (the preview's quotes and backslashes are escaped once more).
+_PROPERTY_PREVIEW = 1000
+_CUTTABLE_PROPERTY = 2 * _PROPERTY_PREVIEW + 100
+# JSON (``ensure_ascii``, as the posthog client measures) takes at most 12 bytes for one
+# character (an astral one: a \uXXXX\uXXXX pair); the estimates count characters.
+_MAX_BYTES_PER_CHAR = 12
 
 
 def exception_properties(
@@ -74,6 +131,7 @@ def exception_properties(
             exc,
             max_exceptions=options.max_exceptions,
             max_frames=options.max_frames,
+            max_value_length=options.max_value_length,
             locals_for=builder.in_app_code if options.capture_code_variables else None,
         ),
         level=level,
@@ -115,28 +173,32 @@ def build_properties(
     into each payload unless ``share_frames``: safe only when nothing will change the
     payload before the posthog client copies it (no ``before_send``).
     """
+    return build_properties_sized(snapshot, builder, share_frames=share_frames)[0]
+
+
+def build_properties_sized(
+    snapshot: EventSnapshot, builder: FrameBuilder, *, share_frames: bool = False
+) -> tuple[dict[str, Any], int]:
+    """:func:`build_properties`, and an upper bound of the size of their JSON in bytes
+    (exact when it had to be measured), after shrinking to ``max_event_bytes``."""
     options = builder.options
     entries: list[dict[str, Any]] = []
-    sizes: list[int] = []
+    estimate = 0  # characters; a bound in bytes once multiplied by _MAX_BYTES_PER_CHAR
     budget = VariableBudget(options.code_variables_budget)
     for entry in snapshot.exceptions:
         payload, size = _exception_entry(entry, snapshot, builder, share_frames, budget)
         entries.append(payload)
-        sizes.append(size)
+        estimate += size
+    list_bound = estimate * _MAX_BYTES_PER_CHAR
     if snapshot.prebuilt_exceptions:
         entries = snapshot.prebuilt_exceptions
-        sizes = [len(json.dumps(entries, default=str))]
-    # The estimate counts characters; JSON can take up to 6 bytes for one (\uXXXX), so
-    # only an estimate over a sixth of the budget is worth measuring for real.
-    if sum(sizes) * 6 > options.max_event_bytes:
-        _shrink(entries, options.max_event_bytes)
+        list_bound = json_size(entries)
 
     properties: dict[str, Any] = json_safe(snapshot.properties) if snapshot.properties else {}
     if options.redact_secrets and isinstance(properties.get("log_message"), str):
         properties["log_message"] = redact(properties["log_message"])
     for key in _RESERVED.intersection(properties):
         del properties[key]
-    properties["$exception_list"] = entries
     properties["$exception_level"] = snapshot.level
     properties["$exception_source"] = snapshot.source
     properties["$exception_handled"] = snapshot.handled
@@ -145,7 +207,18 @@ def build_properties(
         properties["$exception_fingerprint"] = _fingerprint_text(fingerprint)
     if snapshot.session_id:
         properties["$session_id"] = snapshot.session_id
-    return properties
+    # Everything but the list, measured for real (small, usually), plus the list's bound.
+    bound = json_size(properties) + len('"$exception_list": , ') + list_bound
+    properties["$exception_list"] = entries
+    if bound > options.max_event_bytes:
+        bound = _shrink(properties, options.max_event_bytes)
+    return properties, bound
+
+
+def json_size(value: Any) -> int:
+    """Bytes of ``value`` as JSON, measured the way the posthog client does (ASCII-only
+    JSON, so characters are bytes)."""
+    return len(json.dumps(value, default=str))
 
 
 def _exception_entry(
@@ -155,22 +228,18 @@ def _exception_entry(
     share_frames: bool,
     budget: VariableBudget,
 ) -> tuple[dict[str, Any], int]:
-    limit = builder.options.max_value_length
-    exc = entry.exception
-    if exc is None:
-        type_name, module, value = entry.synthetic_type or "Message", None, entry.synthetic_value
-    else:
-        type_name, module, value = _type_name(exc), _type_module(exc), _message(exc)
-    text = safe_text(value if value is not None else "", limit)
+    # The value was cut on the caller's thread; made encodable and redacted here.
+    text = safe_text(entry.value, builder.options.max_value_length)
     if builder.options.redact_secrets:
         text = redact(text)
+    module = entry.module
     result: dict[str, Any] = {
-        "type": safe_text(type_name, 512),
+        "type": safe_text(entry.type_name, 512),
         "value": text,
         "module": safe_text(module, 512) if module else None,
         "mechanism": _mechanism(entry, snapshot),
     }
-    size = 200 + len(result["value"])
+    size = 200 + len(text) + len(result["type"]) + len(module or "")
     if entry.frames:
         frames = []
         for code, lineno, frame_module in entry.frames:
@@ -211,7 +280,7 @@ def _attach_code_variables(
 
 
 def _mechanism(entry: ExceptionSnapshot, snapshot: EventSnapshot) -> dict[str, Any]:
-    synthetic = entry.stack_is_synthetic or entry.exception is None
+    synthetic = entry.stack_is_synthetic or entry.is_message
     if entry.parent_id is None:
         mechanism: dict[str, Any] = {
             "type": snapshot.mechanism,
@@ -232,96 +301,94 @@ def _mechanism(entry: ExceptionSnapshot, snapshot: EventSnapshot) -> dict[str, A
     return mechanism
 
 
-def _shrink(entries: list[dict[str, Any]], budget: int) -> None:
-    """Fit an oversized event, measuring the real JSON after each step.
+def _shrink(properties: dict[str, Any], budget: int) -> int:
+    """Fit an oversized event, measuring the real JSON after each step; returns its size.
 
     An event over the client's 900 KiB limit is dropped silently after its uuid was
-    returned, so sending less beats sending nothing. Steps, least valuable first: code
-    variables, context lines around each frame, middle frames, each frame's own line, long
-    values, then the stack traces of the innermost (last) entries.
+    returned, so sending less beats sending nothing. Steps, in the order of the module
+    docstring: big user properties, code variables, context lines, middle frames, each
+    frame's own line and long values, then the stack traces of the innermost entries.
     """
+    size = _fit_user_properties(properties, budget)
+    if size <= budget:
+        return size
+    entries: list[dict[str, Any]] = properties["$exception_list"]
+    # Everything but the list, which is all that changes from here on.
+    others = size - json_size(entries)
+
+    def measure() -> int:
+        return others + json_size(entries)
 
     def frames_of(entry: dict[str, Any]) -> list[dict[str, Any]]:
-        frames: list[dict[str, Any]] = entry.get("stacktrace", {}).get("frames", [])
-        return frames
+        stacktrace = entry.get("stacktrace")
+        frames = stacktrace.get("frames") if isinstance(stacktrace, dict) else None
+        return frames if isinstance(frames, list) else []
 
-    def replace_frames(**changes: Any) -> None:
+    def replace_frames(change: Any) -> None:
         # New frame dicts, never edits: frames may be the cached ones, shared by events.
         for entry in entries:
-            if "stacktrace" in entry:
+            if isinstance(entry.get("stacktrace"), dict):
                 entry["stacktrace"] = {
                     **entry["stacktrace"],
-                    "frames": [{**frame, **changes} for frame in frames_of(entry)],
+                    "frames": [
+                        change(frame) if isinstance(frame, dict) else frame
+                        for frame in frames_of(entry)
+                    ],
                 }
 
-    def fits() -> bool:
-        return len(json.dumps(entries).encode()) <= budget
-
-    if fits():
-        return
-    for entry in entries:  # code variables go first
-        if "stacktrace" in entry:
-            entry["stacktrace"] = {
-                **entry["stacktrace"],
-                "frames": [
-                    {k: v for k, v in frame.items() if k != "code_variables"}
-                    for frame in frames_of(entry)
-                ],
-            }
-    if fits():
-        return
-    replace_frames(pre_context=[], post_context=[])
-    if fits():
-        return
+    replace_frames(lambda frame: {k: v for k, v in frame.items() if k != "code_variables"})
+    size = measure()
+    if size <= budget:
+        return size
+    replace_frames(lambda frame: {**frame, "pre_context": [], "post_context": []})
+    size = measure()
+    if size <= budget:
+        return size
     for entry in entries:
         frames = frames_of(entry)
         if len(frames) > 20:
             entry["stacktrace"]["frames"] = frames[:10] + frames[-10:]
-    if fits():
-        return
-    replace_frames(context_line=None)
+    size = measure()
+    if size <= budget:
+        return size
+    replace_frames(lambda frame: {**frame, "context_line": None})
     for entry in entries:
-        entry["value"] = entry["value"][:1024]
+        if isinstance(entry.get("value"), str):
+            entry["value"] = entry["value"][:1024]
+    size = measure()
     for entry in reversed(entries[1:]):
-        if fits():
-            return
+        if size <= budget:
+            return size
         entry.pop("stacktrace", None)
-    if not fits():
+        size = measure()
+    if size > budget and entries:
         entries[0].pop("stacktrace", None)
+        size = measure()
+    return size
 
 
-def _type_name(exc: BaseException) -> str:
-    try:
-        cls = type(exc)
-        name = getattr(cls, "__qualname__", None) or getattr(cls, "__name__", None)
-        return str.__str__(name) if isinstance(name, str) else "<unknown>"
-    except Exception:
-        return "<unknown>"
+def _fit_user_properties(properties: dict[str, Any], budget: int) -> int:
+    """Cut the largest user properties until the event fits; returns the event's size.
 
-
-def _type_module(exc: BaseException) -> str | None:
-    try:
-        module = getattr(type(exc), "__module__", None)
-        if not isinstance(module, str):
-            return None
-        module = str.__str__(module)
-    except Exception:
-        return None
-    return None if module in ("builtins", "__builtins__") else module
-
-
-def _message(exc: BaseException) -> str:
-    """``str(exc)``, falling back the way :mod:`traceback` does when ``__str__`` raises."""
-    try:
-        text = str(exc)
-        if isinstance(text, str):
-            return str.__str__(text)  # a plain str: a subclass's methods never run
-    except Exception:
-        pass
-    try:
-        return f"<exception str() failed: {object.__repr__(exc)}>"
-    except Exception:
-        return "<exception str() failed>"
+    The exception list is left alone: it is what the event is for.
+    """
+    sizes = {key: json_size(value) for key, value in properties.items() if key not in _OWN}
+    size = json_size(properties)
+    for key in sorted(sizes, key=sizes.__getitem__, reverse=True):
+        if size <= budget or sizes[key] <= _CUTTABLE_PROPERTY:
+            break
+        value = properties.pop(key)
+        # Removing "key": value saves its key, separator and value; a cut one costs back
+        # its key and the preview.
+        size -= json_size({key: value}) - 2
+        if key not in _TYPED_KEYS:
+            text = json.dumps(value, default=str)
+            preview = (
+                f"{text[:_PROPERTY_PREVIEW]}... [cut from {len(text)} bytes: event size limit]"
+            )
+            properties[key] = preview
+            size += json_size({key: preview}) - 2
+    return size
 
 
 def _fingerprint_text(value: object) -> str:
@@ -338,8 +405,11 @@ def json_safe(value: Any, depth: int = 0) -> Any:
     Runs on the worker, so a slow or hostile ``__repr__`` costs the app nothing, and its
     result is cut to a bounded length.
     """
-    if value is None or isinstance(value, (bool, int)):
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, int):
+        # A huge int has no str() (Python's digit limit) and would break the JSON encoder.
+        return value if int.bit_length(value) <= 256 else int_text(value)
     if isinstance(value, float):
         return value if value == value and value not in (float("inf"), float("-inf")) else None
     if isinstance(value, str):
@@ -348,12 +418,13 @@ def json_safe(value: Any, depth: int = 0) -> Any:
         return _bounded_repr(value)
     if isinstance(value, dict):
         result: dict[str, Any] = {}
-        for key, item in list(value.items())[:_MAX_PROPERTIES]:
+        for key, item in list(itertools.islice(value.items(), _MAX_PROPERTIES)):
             name = key if isinstance(key, str) else _bounded_repr(key)
             result[safe_text(name, 200)] = json_safe(item, depth + 1)
         return result
     if isinstance(value, (list, tuple, set, frozenset)):
-        return [json_safe(item, depth + 1) for item in list(value)[:_MAX_PROPERTIES]]
+        items = list(itertools.islice(value, _MAX_PROPERTIES))
+        return [json_safe(item, depth + 1) for item in items]
     return _bounded_repr(value)
 
 

@@ -2,11 +2,15 @@
 
 A token bucket per failure site: a burst, then a steady refill. One exception in a hot loop
 then costs the app a dict lookup per hit and PostHog a handful of events, not millions.
+
+No lock: a bucket is read and written back with single dict operations. Two threads
+hitting the same site at the same instant may both take the last token (an event or two
+over the limit), which is the price of a caller's path that a signal handler can always
+enter and an asynchronous exception can never leave locked.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Hashable
 
@@ -37,24 +41,20 @@ class RateLimiter:
         self.burst = burst
         self.per_second = float(per_second)
         self._buckets: dict[Hashable, tuple[float, float]] = {}  # key -> (tokens, last)
-        self._lock = threading.Lock()
 
     def allow(self, key: Hashable) -> bool:
         now = time.monotonic()
-        with self._lock:
-            tokens, last = self._buckets.get(key, (float(self.burst), now))
-            tokens = min(float(self.burst), tokens + (now - last) * self.per_second)
-            allowed = tokens >= 1.0
-            if allowed:
-                tokens -= 1.0
-            if len(self._buckets) >= _MAX_KEYS and key not in self._buckets:
-                # Bounded memory: forget every site (they start with a full burst again).
-                self._buckets.clear()
-            self._buckets[key] = (tokens, now)
-            return allowed
-
-    def _after_fork_in_child(self) -> None:
-        self._lock = threading.Lock()
+        buckets = self._buckets
+        tokens, last = buckets.get(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - last) * self.per_second)
+        allowed = tokens >= 1.0
+        if allowed:
+            tokens -= 1.0
+        if len(buckets) >= _MAX_KEYS and key not in buckets:
+            # Bounded memory: forget every site (they start with a full burst again).
+            buckets.clear()
+        buckets[key] = (tokens, now)
+        return allowed
 
 
 _limiter: RateLimiter | None = RateLimiter()
@@ -73,8 +73,3 @@ def enabled() -> bool:
 def allow(key: Hashable) -> bool:
     limiter = _limiter
     return limiter is None or limiter.allow(key)
-
-
-def _after_fork_in_child() -> None:
-    if _limiter is not None:
-        _limiter._after_fork_in_child()

@@ -2,8 +2,16 @@
 
 A :class:`Reporter` is one destination with its options. Its :meth:`Reporter.capture` runs
 on the caller's thread and does only the cheap part: guard, dedupe, snapshot, enqueue.
-:meth:`Reporter.deliver` runs on the worker: payload, ``before_send``, ``client.capture``.
+Everything that reads the exception object (dedupe mark, context, capture hooks, the
+snapshot's type, module and value text) happens there; the queued snapshot keeps no
+reference to the exception. :meth:`Reporter.deliver` runs on the worker: payload,
+``before_send``, size check, ``client.capture``.
 Data flows one way, entry point -> snapshot -> worker -> payload -> client.
+
+The posthog client's ``capture()`` returns the event uuid once the event is queued; an
+event over its size limit (900 KiB of JSON) is dropped later by its consumer thread, with
+only an error log record to show for it. So the size is checked here, before the client
+gets the event: one over the limit is dropped and counted as ``dropped``, never ``sent``.
 """
 
 from __future__ import annotations
@@ -21,12 +29,17 @@ from posthog_errors._client import ClientSource
 from posthog_errors._delivery import worker
 from posthog_errors._frames import FrameBuilder
 from posthog_errors._options import PayloadOptions, as_names
-from posthog_errors._payload import LEVELS, MESSAGE_TYPE, build_properties
+from posthog_errors._payload import LEVELS, MESSAGE_TYPE, build_properties_sized, json_size
 from posthog_errors._snapshot import (
+    LOCALS_PERMITS,
     UUIDS,
     EventSnapshot,
     ExceptionSnapshot,
     FrameRef,
+    LocalsPermit,
+    cut_text,
+    holds_locals,
+    release_locals,
     walk_exceptions,
 )
 from posthog_errors._stats import STATS
@@ -44,6 +57,14 @@ logger = logging.getLogger("posthog_errors")
 # How long the worker waits for late properties (a Sentry event decided on the caller's
 # thread within microseconds; this bound only matters if that thread dies mid-decision).
 _LATE_PROPERTIES_TIMEOUT = 1.0
+
+# The posthog client drops an event whose JSON is over this (posthog.consumer.MAX_MSG_SIZE,
+# read from the client's lane when it has one).
+_CLIENT_EVENT_LIMIT = 900 * 1024
+# What the client adds to an event's JSON besides our properties: $lib, $lib_version,
+# $geoip_disable, $is_server, $release_id, $process_person_profile, and the envelope
+# (event, uuid, timestamp, distinct_id). Generous: the distinct_id is measured separately.
+_CLIENT_ADDITIONS = 1024
 
 BeforeSend = Callable[[dict[str, Any]], "dict[str, Any] | None"]
 
@@ -97,6 +118,7 @@ class Reporter:
             capture_code_variables=bool(capture_code_variables),
         )
         self.frames = FrameBuilder(self.options)
+        self._value_limit = self.options.max_value_length
         if before_send is not None and not callable(before_send):
             raise TypeError(f"before_send must be a callable or None, got {before_send!r}")
         self.before_send = before_send
@@ -150,20 +172,27 @@ class Reporter:
         distinct_id: Any = None,
         session_id: Any = None,
         properties: dict[str, Any] | None = None,
+        rate_key: Hashable | None = None,
     ) -> str | None:
-        """Queue a message-only event: one synthetic entry with the call site's stack."""
+        """Queue a message-only event: one synthetic entry with the call site's stack.
+
+        It is rate limited by ``rate_key`` when given (the logging doors pass the call
+        site), else by ``fingerprint``."""
         entry = ExceptionSnapshot(
-            exception=None,
+            type_name=MESSAGE_TYPE,
+            # Cut now: the queue never holds more of a huge message than the payload sends.
+            value=cut_text(message if isinstance(message, str) else "", self._value_limit),
+            module=None,
             frames=frames,
             frames_omitted=frames_omitted,
             stack_is_synthetic=True,
-            synthetic_type=MESSAGE_TYPE,
-            synthetic_value=message,
+            is_message=True,
         )
         fields = EventFields(
             level, True, mechanism, source, distinct_id, session_id, properties, fingerprint
         )
-        return self._guarded(self._capture_entries, [entry], fields, fingerprint)
+        key = fingerprint if rate_key is None else rate_key
+        return self._guarded(self._capture_entries, [entry], fields, key)
 
     def capture_prebuilt(
         self,
@@ -196,6 +225,10 @@ class Reporter:
         try:
             return capture(*args)
         except Exception as error:
+            if _guard.raised_by_signal_handler(error):
+                # The app's (an alarm-based timeout): it abandons this capture, which may
+                # then have no outcome in stats(), and goes on to the app.
+                raise
             STATS.add("dropped")
             _guard.internal_error(error)
             return None
@@ -210,23 +243,38 @@ class Reporter:
             STATS.add("deduplicated")
             return None
         queued = None
+        permit: LocalsPermit | None = None
         try:
             if _rate_limited(lambda: fields.fingerprint or _failure_site(exc)):
                 STATS.add("rate_limited")
                 return None
             options = self.options
+            locals_for = None
+            if options.capture_code_variables:
+                # Bounded: at most MAX_PENDING_LOCALS queued events pin frames' locals.
+                permit = LOCALS_PERMITS.take()
+                if permit is None:
+                    STATS.add("invalid_input")  # sent, without code variables
+                else:
+                    locals_for = self.frames.in_app_code
             exceptions = walk_exceptions(
                 exc,
                 max_exceptions=options.max_exceptions,
                 max_frames=options.max_frames,
-                locals_for=self.frames.in_app_code if options.capture_code_variables else None,
+                max_value_length=options.max_value_length,
+                locals_for=locals_for,
             )
-            queued = self._submit(event_uuid, exc, exceptions, fields)
+            if permit is not None and not holds_locals(exceptions):
+                permit.release()
+                permit = None
+            queued = self._submit(event_uuid, exc, exceptions, fields, locals_permit=permit)
             return queued
         finally:
             if queued is None:
                 # Not sent after all: the mark must not name an event that does not exist.
                 _dedupe.release(exc, event_uuid)
+                if permit is not None:
+                    permit.release()  # a no-op if the event was built meanwhile
 
     def _capture_entries(
         self,
@@ -249,6 +297,8 @@ class Reporter:
         exceptions: list[ExceptionSnapshot],
         fields: EventFields,
         prebuilt: list[dict[str, Any]] | None = None,
+        *,
+        locals_permit: LocalsPermit | None = None,
     ) -> str | None:
         level = fields.level
         if level not in LEVELS:
@@ -281,6 +331,7 @@ class Reporter:
             client=client,
             reporter=self,
             prebuilt_exceptions=prebuilt,
+            locals_permit=locals_permit,
         )
         _extensions.run_capture_hooks(exc, snapshot)
         return event_uuid if delivery.submit(snapshot) else None
@@ -295,35 +346,63 @@ class Reporter:
         ``for_client``: the event goes straight to the posthog client, which copies it
         while cleaning, so cached frames can be shared when no ``before_send`` runs.
         """
+        built = self._build_event(snapshot, for_client=for_client)
+        return None if built is None else built[0]
+
+    def _build_event(
+        self, snapshot: EventSnapshot, *, for_client: bool
+    ) -> tuple[dict[str, Any], int | None] | None:
+        """The event, and a bound of its properties' JSON size in bytes (None when
+        ``before_send`` may have changed them: unknown). The snapshot's frame locals are
+        released once the payload is built, whatever happens."""
         share = for_client and self.before_send is None
-        properties = build_properties(snapshot, self.frames, share_frames=share)
+        try:
+            properties, size = build_properties_sized(snapshot, self.frames, share_frames=share)
+        finally:
+            release_locals(snapshot)
         if snapshot.late is not None:
-            properties.update(snapshot.late.wait(_LATE_PROPERTIES_TIMEOUT))
+            late = snapshot.late.wait(_LATE_PROPERTIES_TIMEOUT)
+            if late:
+                properties.update(late)
+                size += json_size(late)
+        bound: int | None = size
         if self.before_send is not None:
             filtered = self._run_before_send(properties)
             if filtered is None:
                 STATS.add("filtered")
                 return None
             properties = filtered
+            bound = None
         distinct_id = snapshot.distinct_id
         if not distinct_id:
             distinct_id = UUIDS.new()
             properties["$process_person_profile"] = False
         timestamp = datetime.datetime.fromtimestamp(snapshot.timestamp, datetime.timezone.utc)
-        return {
+        event = {
             "event": "$exception",
             "distinct_id": distinct_id,
             "uuid": snapshot.uuid,
             "timestamp": timestamp,
             "properties": properties,
         }
+        return event, bound
 
     def deliver(self, snapshot: EventSnapshot) -> Any:
-        """Build the event and hand it to the client. Returns the client used."""
-        event = self.build_event(snapshot, for_client=True)
-        if event is None:
+        """Build the event and hand it to the client. Returns the client used, or None
+        when nothing was handed over."""
+        built = self._build_event(snapshot, for_client=True)
+        snapshot.properties = None  # the app's objects: not kept while the worker idles
+        if built is None:
             return None
+        event, bound = built
         client = snapshot.client
+        if not _fits_client(event, bound, client):
+            STATS.add("dropped")
+            logger.warning(
+                "dropped an $exception event over the posthog client's size limit (%d bytes)",
+                _client_limit(client),
+            )
+            return None
         try:
             accepted = client.capture(
                 "$exception",
@@ -335,6 +414,7 @@ class Reporter:
         except Exception:
             logger.warning("the posthog client raised while capturing an event", exc_info=True)
             accepted = None
+        # capture() returns the uuid once queued, None when it refused the event.
         STATS.add("sent" if accepted is not None else "dropped")
         return client
 
@@ -352,6 +432,33 @@ class Reporter:
         logger.warning("before_send returned %r, not a dict or None; ignored", type(result))
         STATS.add("invalid_input")
         return properties
+
+
+def _client_limit(client: Any) -> int:
+    """The client's per-event limit: its analytics lane's, else posthog's 900 KiB."""
+    lane = getattr(client, "_analytics_lane", None)
+    limit = getattr(lane, "max_msg_size", None)
+    return limit if isinstance(limit, int) and limit > 0 else _CLIENT_EVENT_LIMIT
+
+
+def _fits_client(event: dict[str, Any], bound: int | None, client: Any) -> bool:
+    """Whether the client will take the event, measured as its consumer does (the JSON
+    of the whole event, with what the client adds). Measured only when the cheap bound
+    says it might not fit."""
+    limit = _client_limit(client) - _CLIENT_ADDITIONS
+    extra = 0
+    super_properties = getattr(client, "super_properties", None)
+    if isinstance(super_properties, dict) and super_properties:
+        extra = json_size(super_properties)
+    distinct_id = event["distinct_id"]
+    extra += 6 * len(distinct_id) if isinstance(distinct_id, str) else 1024
+    if bound is not None and bound + extra <= limit:
+        return True
+    try:
+        size = json_size(event["properties"])
+    except (TypeError, ValueError, RecursionError):
+        return True  # a before_send made it unmeasurable: the client cleans it as it can
+    return size + extra <= limit
 
 
 def _fingerprint_text(value: object) -> str | None:

@@ -1,10 +1,20 @@
 """The cheap part, taken on the caller's thread.
 
-A snapshot holds references, never formatted text: the exception objects of the chain, and
-for each frame its code object, line number and module name. Walking a 30-frame traceback
-this way costs a few microseconds; everything that reads files or formats strings happens
-later, on the worker (see ``_payload``). The chain is walked here, not later, because an
-exception's ``__cause__``/``__context__`` and traceback can change once the app moves on.
+A snapshot holds plain data and code objects, never the exception: for each exception of
+the chain its type name, module and value text (the value cut to the payload's maximum
+length at once, so a 50 MB message costs nothing more), and for each frame its code object,
+line number and module name. Walking a 30-frame traceback this way costs a few
+microseconds; everything that reads files, redacts or formats frames happens later, on the
+worker (see ``_payload``). The chain is walked here, not later, because an exception's
+``__cause__``/``__context__`` and traceback can change once the app moves on.
+
+Keeping no reference to the exception keeps memory bounded: a queued event pins no
+traceback, no frame and no local, however many events wait for the worker. The one
+exception is opt-in code variables (``frame_locals``: shallow copies of in-app frames'
+locals, which pin the values until the worker renders them). At most
+``MAX_PENDING_LOCALS`` queued snapshots hold locals at once (see :data:`LOCALS_PERMITS`);
+a capture made while all permits are taken goes without code variables, and is counted as
+``invalid_input``.
 """
 
 from __future__ import annotations
@@ -18,15 +28,25 @@ from collections.abc import Callable
 from types import CodeType, FrameType, TracebackType
 from typing import Any, Protocol, TypeVar
 
+from posthog_errors._frames import safe_text
+
 __all__ = [
+    "LOCALS_PERMITS",
+    "MAX_PENDING_LOCALS",
     "UUIDS",
     "EventSnapshot",
     "ExceptionSnapshot",
     "FrameRef",
     "LateProperties",
+    "LocalsPermit",
+    "cut_text",
+    "exception_message",
+    "exception_type_module",
+    "exception_type_name",
     "frames_from_stack",
     "frames_from_traceback",
     "group_members",
+    "release_locals",
     "walk_exceptions",
 ]
 
@@ -39,9 +59,11 @@ _BUILTIN_GROUP: type[BaseException] | None = getattr(builtins, "BaseExceptionGro
 
 @dataclasses.dataclass(slots=True)
 class ExceptionSnapshot:
-    """One entry of the future ``$exception_list``."""
+    """One entry of the future ``$exception_list``: plain text, no exception object."""
 
-    exception: BaseException | None
+    type_name: str
+    value: str  # already cut to the payload's maximum value length; redacted later
+    module: str | None
     frames: tuple[FrameRef, ...]
     frames_omitted: int = 0
     exception_id: int = 0
@@ -49,9 +71,9 @@ class ExceptionSnapshot:
     relation: str | None = None  # "cause", "context" or "member"; None for the root
     is_group: bool = False
     stack_is_synthetic: bool = False  # frames come from the call site, not a traceback
-    synthetic_type: str | None = None  # message-only entries have no exception object
-    synthetic_value: str | None = None
+    is_message: bool = False  # a message-only entry (a log record): no exception at all
     # Per frame, a shallow copy of its locals (opt-in code variables; in-app frames only).
+    # Dropped by ``release_locals`` once the worker rendered them.
     frame_locals: tuple[dict[str, Any] | None, ...] | None = None
 
 
@@ -83,6 +105,74 @@ class EventSnapshot:
     not_before: float = 0.0  # time.monotonic() before which the worker should not build it
     # An $exception_list built elsewhere (from a Sentry event with no live exception).
     prebuilt_exceptions: list[dict[str, Any]] | None = None
+    # Held while ``exceptions`` carry frame locals; given back by ``release_locals``.
+    locals_permit: LocalsPermit | None = None
+
+
+MAX_PENDING_LOCALS = 8
+
+
+class LocalsPermit:
+    """The right of one snapshot to hold frame locals until the worker renders them."""
+
+    __slots__ = ("_tokens",)
+
+    def __init__(self, tokens: list[object]) -> None:
+        self._tokens: list[object] | None = tokens
+
+    def release(self) -> None:
+        """Give the permit back; only the first call counts."""
+        tokens, self._tokens = self._tokens, None
+        if tokens is not None:
+            tokens.append(None)
+
+
+class _LocalsPermits:
+    """At most ``limit`` snapshots hold frame locals at once, process-wide.
+
+    Pending memory is then bounded by ``limit`` times one failure's locals, whatever the
+    rate of failures. No lock (a signal handler may capture in the middle of a capture):
+    a permit is a token in a list, taken with ``list.pop`` and given back with
+    ``list.append``, each one atomic C call.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._tokens: list[object] = [None] * limit
+
+    def take(self) -> LocalsPermit | None:
+        tokens = self._tokens
+        try:
+            tokens.pop()
+        except IndexError:
+            return None
+        return LocalsPermit(tokens)
+
+    @property
+    def available(self) -> int:
+        return len(self._tokens)
+
+    def _after_fork_in_child(self) -> None:
+        # The child's queue starts empty: every permit is free again. Permits taken in the
+        # parent give their token back to the parent's (old) list, harmlessly.
+        self._tokens = [None] * self.limit
+
+
+LOCALS_PERMITS = _LocalsPermits(MAX_PENDING_LOCALS)
+
+
+def release_locals(snapshot: EventSnapshot) -> None:
+    """Drop the snapshot's frame locals and give its permit back (the worker is done)."""
+    for entry in snapshot.exceptions:
+        entry.frame_locals = None
+    permit, snapshot.locals_permit = snapshot.locals_permit, None
+    if permit is not None:
+        permit.release()
+
+
+def holds_locals(exceptions: list[ExceptionSnapshot]) -> bool:
+    """Whether any entry copied any frame's locals."""
+    return any(copied is not None for entry in exceptions for copied in (entry.frame_locals or ()))
 
 
 class _UuidSource:
@@ -173,6 +263,7 @@ def walk_exceptions(
     *,
     max_exceptions: int,
     max_frames: int,
+    max_value_length: int,
     locals_for: LocalsFilter | None = None,
 ) -> list[ExceptionSnapshot]:
     """The exception, its causes/contexts and group members, outermost first.
@@ -180,7 +271,8 @@ def walk_exceptions(
     Depth-first, pre-order, in the order posthog-python uses: an exception, then its cause
     (or context, unless ``__suppress_context__``) with everything below it, then its group
     members. Cycle-safe, and capped at ``max_exceptions`` entries. Iterative, so a chain
-    longer than the recursion limit cannot break it.
+    longer than the recursion limit cannot break it. Each entry keeps the exception's type
+    name, module and value text (cut to ``max_value_length``), never the exception.
     """
     result: list[ExceptionSnapshot] = []
     seen: set[int] = set()
@@ -194,7 +286,9 @@ def walk_exceptions(
         tb = _traceback_of(current)
         frames, omitted = frames_from_traceback(tb, max_frames)
         entry = ExceptionSnapshot(
-            exception=current,
+            type_name=exception_type_name(current),
+            value=cut_text(exception_message(current), max_value_length),
+            module=exception_type_module(current),
             frames=frames,
             frames_omitted=omitted,
             exception_id=len(result),
@@ -254,6 +348,70 @@ def group_members(exc: BaseException) -> tuple[object, ...] | None:
     return None
 
 
+def exception_type_name(exc: BaseException) -> str:
+    """``type(exc).__qualname__``, never raising (a hostile metaclass may)."""
+    try:
+        cls = type(exc)
+        if type(cls) is type:  # no metaclass: reading it runs no user code
+            name: object = cls.__qualname__
+        else:
+            name = getattr(cls, "__qualname__", None) or getattr(cls, "__name__", None)
+        return _plain_text(name) if isinstance(name, str) else "<unknown>"
+    except Exception:
+        return "<unknown>"
+
+
+def exception_type_module(exc: BaseException) -> str | None:
+    """``type(exc).__module__``; None for builtins, and when it is not a string."""
+    try:
+        cls = type(exc)
+        module = cls.__module__ if type(cls) is type else getattr(cls, "__module__", None)
+        if not isinstance(module, str):
+            return None
+        module = _plain_text(module)
+    except Exception:
+        return None
+    return None if module in ("builtins", "__builtins__", "") else module
+
+
+def _plain_text(text: str) -> str:
+    """A short, plain, encodable str (the common case costs two C calls)."""
+    if type(text) is str and len(text) <= 512 and text.isascii():
+        return text
+    return safe_text(text, 512)
+
+
+def exception_message(exc: BaseException) -> str:
+    """``str(exc)``, falling back the way :mod:`traceback` does when ``__str__`` raises.
+
+    A plain ``str`` always: a subclass returned by a hostile ``__str__`` never has one of
+    its methods run. This runs on the caller's thread, so ``KeyboardInterrupt``,
+    ``SystemExit`` and cancellations from a ``__str__`` pass through to the app, like any
+    exit exception on the caller's thread (a Ctrl-C landing in a Python ``__str__`` cannot
+    be told from a hostile one), and abandon the capture.
+    """
+    try:
+        text = str(exc)
+        if type(text) is str:
+            return text
+        if isinstance(text, str):
+            return str.__str__(text)
+    except Exception:
+        pass
+    try:
+        return f"<exception str() failed: {object.__repr__(exc)}>"
+    except Exception:
+        return "<exception str() failed>"
+
+
+def cut_text(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters (marked with "..."), before anything else reads
+    it: a slice, so a huge message costs no more than a short one."""
+    if len(text) > limit:
+        return text[: limit - 3] + "..."
+    return text
+
+
 def _traceback_of(exc: BaseException) -> TracebackType | None:
     try:
         tb = exc.__traceback__
@@ -282,3 +440,7 @@ def _cap(frames: list[T], max_frames: int) -> tuple[tuple[T, ...], int]:
     head = max_frames // 2
     tail = max_frames - head
     return tuple(frames[:head] + frames[-tail:]), len(frames) - max_frames
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=LOCALS_PERMITS._after_fork_in_child)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import reprlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -17,9 +18,11 @@ from posthog_errors import _guard
 from posthog_errors._event_dict import read_event_dict
 from posthog_errors._levels import LevelAllowList, posthog_level
 from posthog_errors._log_message import (
+    TEXT_HEAD,
     call_site_frames,
     fingerprint,
     mark_record_sent,
+    message_rate_key,
     was_sent_by_structlog,
 )
 from posthog_errors._reporter import BeforeSend, Reporter
@@ -45,8 +48,10 @@ class PostHogHandler(logging.Handler):
     Records with an exception become events of that exception; records without one become
     message-only events (one synthetic entry, the call site's stack, a fingerprint from the
     logger name and the unformatted template, unless the record's ``extra`` sets
-    ``$exception_fingerprint``) unless ``capture_messages`` is false. ``levels`` is an allow
-    list, not a threshold: ``["debug", "error"]`` sends DEBUG and ERROR records only.
+    ``$exception_fingerprint``) unless ``capture_messages`` is false. A message is rate
+    limited by its call site (and its template, when it has arguments), so f-string messages
+    from one line share one budget. ``levels`` is an allow list, not a threshold:
+    ``["debug", "error"]`` sends DEBUG and ERROR records only.
     """
 
     def __init__(
@@ -113,10 +118,13 @@ class PostHogHandler(logging.Handler):
             extras.update(view.properties)
             exc = view.exception
             message, template = view.message or "", view.template or ""
+            has_args = bool(record.msg.get("positional_args"))
             distinct_id, session_id = view.distinct_id, view.session_id
         else:
             exc = record.exc_info[1] if record.exc_info else None
-            message, template = _message(record), _template(record)
+            message = _message(record, self.reporter.options.max_value_length)
+            template = "" if exc is not None else _template(record, message)
+            has_args = bool(record.args)
             distinct_id, session_id = None, None
         distinct_id = extras.pop("distinct_id", distinct_id)
         session_id = extras.pop("session_id", session_id)
@@ -138,9 +146,14 @@ class PostHogHandler(logging.Handler):
         elif self.capture_messages and not was_sent_by_structlog(record, message):
             mark_record_sent(record)
             frames, omitted = call_site_frames(self.reporter.options.max_frames)
+            grouping = fingerprint(record.name, template) if has_args else None
+            event_fingerprint = (
+                _extra_fingerprint(extras) or grouping or fingerprint(record.name, template)
+            )
             self.reporter.capture_message(
                 message,
-                fingerprint=_extra_fingerprint(extras) or fingerprint(record.name, template),
+                fingerprint=event_fingerprint,
+                rate_key=message_rate_key(record.name, record, frames, grouping, event_fingerprint),
                 frames=frames,
                 frames_omitted=omitted,
                 level=level,
@@ -169,17 +182,65 @@ def _extra_fingerprint(extras: dict[str, Any]) -> str | None:
     return value if isinstance(value, str) else str(value)
 
 
-def _message(record: logging.LogRecord) -> str:
+def _message(record: logging.LogRecord, max_length: int) -> str:
+    """The record's message, at a cost that does not grow with the size of its arguments.
+
+    ``logger.error("response: %s", body)`` with a 50 MB ``body``: the worker keeps only the
+    first ``max_length`` characters, so string arguments are cut first (to just over that,
+    and over ``TEXT_HEAD``, so the value is still marked cut and the head the doors compare
+    is intact). Only for a plain LogRecord's ``%`` formatting of a ``str`` template; other
+    records are formatted as they say. (A ``%r`` of a cut string may quote it differently,
+    and a width over the cut pads it: both only with arguments of more than 8 KB.)
+    """
+    msg, args = record.msg, record.args
+    keep = max(max_length, TEXT_HEAD) + 1
     try:
-        return record.getMessage()
+        cut = None
+        if args and type(msg) is str and type(record).getMessage is _GET_MESSAGE:
+            cut = _cut_arguments(args, keep)
+        if cut is None:
+            return record.getMessage()
+        # Fails exactly when the whole arguments would: cut strings are still strings, and
+        # longer than any %c takes.
+        formatted: str = msg % cut
+        return formatted
     except Exception:
         # ``logger.error("x %s %s", 1)``: the record is still worth reporting.
         STATS.add("invalid_input")
-        return f"{record.msg!s} (bad logging arguments: {record.args!r})"
+        text = msg if isinstance(msg, str) else str(msg)
+        if len(text) > keep:
+            text = text[:keep]
+        return f"{text} (bad logging arguments: {_BAD_ARGUMENTS_REPR.repr(args)})"
 
 
-def _template(record: logging.LogRecord) -> str:
-    return record.msg if isinstance(record.msg, str) else str(record.msg)
+_GET_MESSAGE = logging.LogRecord.getMessage
+
+# Arguments that did not fit their template, shown bounded (a 50 MB argument included).
+_BAD_ARGUMENTS_REPR = reprlib.Repr()
+_BAD_ARGUMENTS_REPR.maxstring = _BAD_ARGUMENTS_REPR.maxother = 1024
+_BAD_ARGUMENTS_REPR.maxtuple = _BAD_ARGUMENTS_REPR.maxdict = 20
+
+
+def _cut_arguments(args: Any, length: int) -> Any:
+    """``args`` with every ``str`` longer than ``length`` cut to it; None if none is."""
+    if type(args) is tuple:
+        if not any(type(a) is str and len(a) > length for a in args):
+            return None
+        return tuple(a[:length] if type(a) is str and len(a) > length else a for a in args)
+    if type(args) is dict:  # logger.error("%(body)s", {"body": ...})
+        if not any(type(a) is str and len(a) > length for a in args.values()):
+            return None
+        return {k: a[:length] if type(a) is str and len(a) > length else a for k, a in args.items()}
+    return None
+
+
+def _template(record: logging.LogRecord, message: str) -> str:
+    msg = record.msg
+    if isinstance(msg, str):
+        return msg
+    if not record.args and type(record).getMessage is _GET_MESSAGE:
+        return message  # already str(msg): a large __str__ runs once
+    return str(msg)
 
 
 def _logger_matches(name: str, pattern: str) -> bool:

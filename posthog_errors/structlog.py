@@ -28,6 +28,7 @@ from posthog_errors._log_message import (
     fingerprint,
     mark_record_sent,
     mark_structlog_message,
+    message_rate_key,
     record_was_sent,
 )
 from posthog_errors._reporter import BeforeSend, Reporter
@@ -54,7 +55,9 @@ _METHOD_LEVELS = {
 class PostHogProcessor:
     """Sends events with an exception (``exc_info``) and, unless ``capture_messages`` is
     false, error-level messages to PostHog. ``levels`` is the same allow list as
-    :class:`posthog_errors.PostHogHandler`'s."""
+    :class:`posthog_errors.PostHogHandler`'s. A message is rate limited by its call site
+    (and its template, with ``positional_args``), so f-string events from one line share
+    one budget."""
 
     def __init__(
         self,
@@ -124,9 +127,15 @@ class PostHogProcessor:
             mark_record_sent(record)
         mark_structlog_message(event_dict, view.message)
         frames, omitted = call_site_frames(self.reporter.options.max_frames)
+        event_fingerprint = fingerprint(logger_name, view.template or view.message)
+        grouping = event_fingerprint if event_dict.get("positional_args") else None
+        site_record = record if isinstance(record, logging.LogRecord) else None
         self.reporter.capture_message(
             view.message,
-            fingerprint=fingerprint(logger_name, view.template or view.message),
+            fingerprint=event_fingerprint,
+            rate_key=message_rate_key(
+                logger_name, site_record, frames, grouping, event_fingerprint
+            ),
             frames=frames,
             frames_omitted=omitted,
             level=level,

@@ -19,6 +19,7 @@ SOURCES = {
     "python.asyncio",
     "python.unraisablehook",
     "python.sys_exit",
+    "python.multiprocessing",
     "python.manual",
     "python.asgi",
     "python.wsgi",

@@ -10,6 +10,7 @@ import uuid
 from typing import Any
 
 import posthog
+import pytest
 
 import posthog_errors
 from posthog_errors import _rate_limit
@@ -227,9 +228,9 @@ def test_keyboard_interrupt_in_user_callback_passes_through(
 
     set_default_reporter(Reporter(posthog_client))
     # A KeyboardInterrupt from user code reached while capturing is not swallowed by the
-    # guard. str() runs on the worker, where the interrupt ends that event only.
-    exc = Hostile()
-    assert posthog_errors.capture_exception(exc) is not None
+    # guard: str() runs on the caller's thread, where the interrupt reaches the app.
+    with pytest.raises(KeyboardInterrupt):
+        posthog_errors.capture_exception(Hostile())
     client_source_error = None
     try:
         Reporter(client=lambda: (_ for _ in ()).throw(KeyboardInterrupt())).capture(ValueError())
@@ -290,3 +291,28 @@ def test_a_list_fingerprint_is_joined_and_counted(
     [event] = capture_server.wait_for_events(1)
     assert event["properties"]["$exception_fingerprint"] == "checkout/declined"
     assert posthog_errors.stats()["invalid_input"] == 1
+
+
+def test_a_client_whose_flush_raised_once_does_not_poison_later_flushes(
+    capture_server: CaptureServer,
+    posthog_client: posthog.Posthog,
+    reporter: Reporter,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real_flush = posthog_client.flush
+    calls: list[str] = []
+
+    def flush_that_breaks_once(*args: Any, **kwargs: Any) -> None:
+        calls.append("flush")
+        if len(calls) == 1:
+            raise OSError("the client could not flush this time")
+        real_flush(*args, **kwargs)
+
+    monkeypatch.setattr(posthog_client, "flush", flush_that_breaks_once)
+    monkeypatch.setenv("POSTHOG_ERRORS_STRICT", "0")  # the client's failure is counted
+    posthog_errors.capture_exception(ValueError("before the failed flush"))
+    assert posthog_errors.flush(5) is False  # this flush could not confirm delivery
+    posthog_errors.capture_exception(ValueError("after the failed flush"))
+    assert posthog_errors.flush(5) is True  # ...and the next one is not haunted by it
+    assert posthog_errors.flush(5) is True
+    assert len(capture_server.wait_for_events(2)) == 2
