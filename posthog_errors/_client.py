@@ -52,7 +52,7 @@ class ClientSource:
         self._api_key = api_key
         self._host = host
         self._built: Any = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # C-level, re-entrant: a signal handler may capture here
         self._warned = False
         self._warned_callable = False
 

@@ -70,7 +70,7 @@ class FrameBuilder:
         # between events and must be treated as read-only.
         self._cache: dict[tuple[CodeType, int | None], tuple[dict[str, Any], int]] = {}
         self._in_app_cache: dict[CodeType, bool] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # C-level, re-entrant: a signal handler may capture here
 
     def frame(
         self, code: CodeType, lineno: int | None, module: object

@@ -500,7 +500,7 @@ def _exception_types(value: Iterable[type[BaseException]]) -> tuple[type[BaseExc
 
 
 _default: Reporter | None = None
-_default_lock = threading.Lock()
+_default_lock = threading.RLock()  # C-level, re-entrant: a signal handler may capture here
 
 
 def default_reporter() -> Reporter:
