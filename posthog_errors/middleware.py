@@ -5,6 +5,11 @@ with requests to your backend when ``__add_tracing_headers`` is on. These middle
 those IDs for the request's duration, report the exception that escapes the app (and
 re-raise it), and restore the context afterwards, so nothing leaks into the next request.
 
+What a report says about the request: ``$current_url`` (scheme, host and path),
+``$request_method`` and ``$request_path``. Never the query string (reset tokens, emails,
+API keys travel there), cookies, or any header but the two IDs, as posthog-python's own
+integrations do.
+
 The headers come from the browser: a client can claim any ID. When the app knows the
 authenticated user, pass ``identify`` (a callable taking the request and returning the
 distinct ID, or ``(distinct_id, session_id)``): its answer takes precedence.
@@ -236,10 +241,10 @@ class DjangoMiddleware:
             "$request_path": request.path,
         }
         try:
-            properties["$current_url"] = request.build_absolute_uri()
+            properties["$current_url"] = request.build_absolute_uri(request.path)
         except Exception:
             # DisallowedHost from a spoofed Host header: never a reason to lose the report.
-            properties["$current_url"] = request.get_full_path()
+            properties["$current_url"] = request.path
         self._requests.report(exception, properties)
         # None: Django goes on with its own handling (500 page, got_request_exception).
 
@@ -263,10 +268,8 @@ def _asgi_properties(scope: Scope, headers: dict[str, str]) -> dict[str, Any]:
         if isinstance(raw_path, bytes)
         else urllib.parse.quote(scope.get("path", ""))
     )
-    query = scope.get("query_string", b"").decode("latin-1")
-    url = f"{scheme}://{host}{path}" + (f"?{query}" if query else "")
     return {
-        "$current_url": url,
+        "$current_url": f"{scheme}://{host}{path}",
         "$request_method": scope.get("method", "GET"),
         "$request_path": path,
     }
@@ -281,10 +284,8 @@ def _wsgi_properties(environ: dict[str, Any]) -> dict[str, Any]:
         path = urllib.parse.quote(raw.encode("latin-1"))
     except UnicodeEncodeError:
         path = urllib.parse.quote(raw)
-    query = environ.get("QUERY_STRING", "")
-    url = f"{scheme}://{host}{path}" + (f"?{query}" if query else "")
     return {
-        "$current_url": url,
+        "$current_url": f"{scheme}://{host}{path}",
         "$request_method": environ.get("REQUEST_METHOD", "GET"),
         "$request_path": path,
     }

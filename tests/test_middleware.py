@@ -50,6 +50,17 @@ django_app.configure()
 DISTINCT_HEADER = "X-POSTHOG-DISTINCT-ID"
 SESSION_HEADER = "X-POSTHOG-SESSION-ID"
 BROWSER = {DISTINCT_HEADER: "browser-user", SESSION_HEADER: "browser-session"}
+# What a request carries that must never reach PostHog: a query string with a reset token
+# and an email, a session cookie, an Authorization header.
+SECRET_QUERY = "reset_token=q9Zr4WkT&email=ann%40example.com"
+PRIVATE = {"Cookie": "sessionid=c00k1eV4lue", "Authorization": "Bearer au7hZv4lue"}
+LEAKS = ("q9Zr4WkT", "ann", "c00k1eV4lue", "au7hZv4lue", "reset_token")
+
+
+def assert_no_request_secrets(event: dict[str, Any]) -> None:
+    wire = json.dumps(event)
+    for leak in LEAKS:
+        assert leak not in wire, leak
 
 
 def sent_events(server: CaptureServer, count: int) -> list[dict[str, Any]]:
@@ -118,13 +129,14 @@ def test_asgi_reports_the_escaping_exception_with_the_header_ids(
     app = ASGIMiddleware(starlette_app())
     # The context manager runs the lifespan protocol: non-HTTP scopes pass straight through.
     with TestClient(app, raise_server_exceptions=False) as client:
-        response = client.post("/boom?page=2", headers=BROWSER)
+        response = client.post(f"/boom?{SECRET_QUERY}", headers={**BROWSER, **PRIVATE})
     assert response.status_code == 500
     event = only_event(capture_server)
     assert_unhandled(event, "python.asgi", "RuntimeError", "asgi boom POST")
     assert_person(event, "browser-user", "browser-session")
     props = event["properties"]
-    assert props["$current_url"] == "http://testserver/boom?page=2"
+    assert props["$current_url"] == "http://testserver/boom"  # scheme, host, path: no query
+    assert_no_request_secrets(event)
     assert props["$request_method"] == "POST"
     assert props["$request_path"] == "/boom"
     assert posthog_errors.get_distinct_id() is None
@@ -361,13 +373,14 @@ def test_wsgi_reports_the_escaping_exception_with_the_header_ids(
     capture_server: CaptureServer, reporter: Reporter
 ) -> None:
     with wsgi_server(WSGIMiddleware(plain_wsgi_app)) as base:
-        status, _ = http_get(base + "/boom?page=2", BROWSER)
+        status, _ = http_get(f"{base}/boom?{SECRET_QUERY}", {**BROWSER, **PRIVATE})
     assert status == 500
     event = only_event(capture_server)
     assert_unhandled(event, "python.wsgi", "RuntimeError", "wsgi boom /boom")
     assert_person(event, "browser-user", "browser-session")
     props = event["properties"]
-    assert props["$current_url"] == base + "/boom?page=2"
+    assert props["$current_url"] == base + "/boom"
+    assert_no_request_secrets(props)
     assert props["$request_method"] == "GET"
     assert props["$request_path"] == "/boom"
 
@@ -458,7 +471,7 @@ def test_flask_reports_the_view_exception_with_the_header_ids(
     capture_server: CaptureServer, reporter: Reporter
 ) -> None:
     with wsgi_server(flask_app()) as base:
-        status, _ = http_get(base + "/orders/7?x=1", BROWSER)
+        status, _ = http_get(f"{base}/orders/7?{SECRET_QUERY}", {**BROWSER, **PRIVATE})
         _, bound = http_get(base + "/whoami", BROWSER)
         _, after = http_get(base + "/whoami")
     assert status == 500
@@ -467,7 +480,8 @@ def test_flask_reports_the_view_exception_with_the_header_ids(
     event = only_event(capture_server)
     assert_unhandled(event, "python.wsgi", "KeyError", "'order 7'")
     assert_person(event, "browser-user", "browser-session")
-    assert event["properties"]["$current_url"] == base + "/orders/7?x=1"
+    assert event["properties"]["$current_url"] == base + "/orders/7"
+    assert_no_request_secrets(event)
     assert event["properties"]["$request_path"] == "/orders/7"
 
 
@@ -499,16 +513,19 @@ def test_django_reports_the_view_exception_with_the_header_ids(
 ) -> None:
     client = Client(raise_request_exception=False)
     response = client.post(
-        "/boom/?page=2",
+        f"/boom/?{SECRET_QUERY}",
         HTTP_X_POSTHOG_DISTINCT_ID="browser-user",
         HTTP_X_POSTHOG_SESSION_ID="browser-session",
+        HTTP_COOKIE=PRIVATE["Cookie"],
+        HTTP_AUTHORIZATION=PRIVATE["Authorization"],
     )
     assert response.status_code == 500
     event = only_event(capture_server)
     assert_unhandled(event, "python.django", "RuntimeError", "django boom POST")
     assert_person(event, "browser-user", "browser-session")
     props = event["properties"]
-    assert props["$current_url"] == "http://testserver/boom/?page=2"
+    assert props["$current_url"] == "http://testserver/boom/"
+    assert_no_request_secrets(props)
     assert props["$request_method"] == "POST"
     assert props["$request_path"] == "/boom/"
 
