@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from posthog_errors._conform import bad_input
 from posthog_errors._delivery import worker
 from posthog_errors._reporter import default_reporter
 from posthog_errors._stats import STATS
@@ -25,14 +26,28 @@ def capture_exception(
     Returns the event uuid at once; the payload is built and sent in the background. Returns
     None when nothing will be sent: already captured (by any door, or by posthog-python),
     ignored, rate-limited, the queue is full, or no client is configured.
+
+    Bad input never raises and never drops the event when it can be sent: a ``level`` that
+    is not one of PostHog's is sent as ``error``, ``properties`` that are not a mapping are
+    left out, each said once (a warning on the ``posthog_errors`` logger) and counted in
+    ``stats()["invalid_input"]``. Something that is not an exception (a string) is not
+    sent, as posthog-python's ``capture_exception`` does: None, a warning, counted.
     """
     if exc is None:
         exc = sys.exc_info()[1]
         if exc is None:
-            STATS.add("invalid_input")
+            bad_input(
+                "capture with no exception",
+                "capture_exception() was called with no exception and none is being handled: "
+                "nothing is sent",
+            )
             return None
     elif not isinstance(exc, BaseException):
-        STATS.add("invalid_input")
+        bad_input(
+            "capture of a non-exception",
+            "capture_exception() takes an exception, got %s: nothing is sent",
+            type(exc).__name__,
+        )
         return None
     return default_reporter().capture(
         exc,

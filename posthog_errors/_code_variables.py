@@ -21,18 +21,17 @@ from __future__ import annotations
 
 import itertools
 import math
-import re
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
 from posthog_errors._frames import safe_text
-from posthog_errors._redact import redact
+from posthog_errors._redact import DEFAULT_REDACTOR, FILTERED, Redactor
 from posthog_errors._stats import STATS
 
 __all__ = ["MASKED", "UNREPRESENTABLE", "VariableBudget", "int_text", "serialize_locals"]
 
-MASKED = "[Filtered]"
+MASKED = FILTERED
 UNREPRESENTABLE = "<unrepresentable>"
 _MAX_TEXT = 256
 _MAX_ITEMS = 10
@@ -44,45 +43,14 @@ _SECRET_WINDOW = 512
 # 14,000 bits str() refuses it): it is shown by size.
 _MAX_INT_BITS = 800
 
-# Variable names that hold secrets.
-_SECRET_NAME = re.compile(
-    r"pass(word|wd)?|pwd|secret|token|api_?key|apikey|auth|credential|private_?key|"
-    r"access_?key|session_?key|cookie|signature|dsn|jwt|sk_|conn(ection)?_?str|bearer|otp",
-    re.IGNORECASE,
-)
-# Values that are secrets whatever their variable is called.
-_SECRET_VALUE = re.compile(
-    "|".join(
-        [
-            r"AKIA[0-9A-Z]{16}",  # AWS access key id
-            r"ASIA[0-9A-Z]{16}",  # AWS temporary access key id
-            r"\b(?:sk|pk|rk)_(?:live|test)_[0-9A-Za-z]{10,}",  # Stripe
-            r"\bwhsec_[0-9A-Za-z]{10,}",  # Stripe webhook secret
-            r"\beyJ[0-9A-Za-z_-]{5,}\.eyJ[0-9A-Za-z_-]{5,}\.[0-9A-Za-z_-]*",  # JWT
-            r"\bgh[pousr]_[0-9A-Za-z]{20,}",  # GitHub tokens
-            r"\bgithub_pat_[0-9A-Za-z_]{20,}",
-            r"\bxox[abprs]-[0-9A-Za-z-]{10,}",  # Slack
-            r"\bAIza[0-9A-Za-z_-]{35}",  # Google API key
-            r"\bya29\.[0-9A-Za-z_-]{20,}",  # Google OAuth token
-            r"\bglpat-[0-9A-Za-z_-]{20}",  # GitLab
-            r"\bnpm_[0-9A-Za-z]{36}",  # npm
-            r"\bSG\.[0-9A-Za-z_-]{16,}\.[0-9A-Za-z_-]{16,}",  # SendGrid
-            r"\bphx_[0-9A-Za-z]{20,}",  # PostHog personal API key
-            r"-----BEGIN [A-Z ]*PRIVATE KEY-----",  # PEM private keys
-            r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:@/]*:[^\s@/]+@",  # URL with credentials
-            r"\bhttps?://[0-9a-f]{32}@[^\s/]+/\d+",  # Sentry DSN
-            r"(?i:\b(?:bearer|basic|token)\s+[A-Za-z0-9._~+/-]{12,}=*)",  # auth headers
-            r"(?i:\b(?:password|passwd|pwd|secret|api_?key)\s*[=:]\s*\S+)",  # assignments
-        ]
-    )
-)
-
 
 class VariableBudget:
-    """Bytes of code variables one event may still carry."""
+    """Bytes of code variables one event may still carry, and the event's redaction
+    policy (the reporter's ``Redactor``, with the user's keys and patterns)."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, redactor: Redactor = DEFAULT_REDACTOR) -> None:
         self.remaining = total
+        self.redactor = redactor
 
     def take(self, cost: int) -> bool:
         if cost > self.remaining:
@@ -94,6 +62,7 @@ class VariableBudget:
 
 def serialize_locals(variables: Mapping[str, Any], budget: VariableBudget) -> dict[str, Any]:
     """``name -> value`` for one frame: scalars first, so they survive a tight budget."""
+    redactor = budget.redactor
     result: dict[str, Any] = {}
     # Exact str names only: a str subclass's methods (startswith, __hash__) never run.
     names = sorted(
@@ -101,7 +70,9 @@ def serialize_locals(variables: Mapping[str, Any], budget: VariableBudget) -> di
         key=lambda name: (not _is_scalar(variables[name]), name),
     )
     for name in names:
-        value = MASKED if _SECRET_NAME.search(name) else _render_variable(variables[name])
+        value = (
+            MASKED if redactor.is_secret_key(name) else _render_variable(variables[name], redactor)
+        )
         cost = len(name) + (len(value) if isinstance(value, str) else 8) + 6
         if not budget.take(cost):
             break
@@ -109,10 +80,10 @@ def serialize_locals(variables: Mapping[str, Any], budget: VariableBudget) -> di
     return result
 
 
-def _render_variable(value: Any) -> Any:
+def _render_variable(value: Any, redactor: Redactor) -> Any:
     """One variable; a failure loses this variable's value, never the event."""
     try:
-        return _render(value, 0)
+        return _render(value, 0, redactor)
     except Exception:
         STATS.add("invalid_input")
         return UNREPRESENTABLE
@@ -130,7 +101,7 @@ def _is_scalar(value: object) -> bool:
     return value is None or type(value) in (bool, int, float, str)
 
 
-def _render(value: Any, depth: int) -> Any:
+def _render(value: Any, depth: int, redactor: Redactor) -> Any:
     kind = type(value)
     if value is None or kind is bool:
         return value
@@ -139,25 +110,32 @@ def _render(value: Any, depth: int) -> Any:
     if kind is float:
         return value if math.isfinite(value) else str(value)
     if kind is str:
-        return _text(value)
+        return _text(value, redactor)
     if kind in (bytes, bytearray):
-        return _text(f"<{kind.__name__} of {len(value)}>")
+        return _text(f"<{kind.__name__} of {len(value)}>", redactor)
     if kind in (list, tuple, set, frozenset, dict) and depth < _MAX_DEPTH:
-        return _bounded(_container(value, depth))
+        return _bounded(_container(value, depth, redactor))
     return _describe(value)
 
 
-def _text(value: str) -> str:
-    if len(value) > _MAX_TEXT + _SECRET_WINDOW:
-        # Cut first: the patterns below then read a bounded window, never the whole value.
-        window = value[: _MAX_TEXT + _SECRET_WINDOW]
-        return MASKED if _SECRET_VALUE.search(window) else _bounded(redact(window))
-    if _looks_secret(value):
+def _text(value: str, redactor: Redactor) -> str:
+    """A string variable: masked whole when it is (or holds) a credential, else redacted
+    and cut. Only a bounded window is ever read: a string too long to scan is shown by
+    its scanned head, redacted, never raw."""
+    window = value[: _MAX_TEXT + _SECRET_WINDOW]
+    if redactor.has_credential(window) or _high_entropy(window):
         return MASKED
-    return _bounded(redact(value))
+    if len(value) > len(window):
+        # Cut first: the patterns then read a bounded window, never the whole value; the
+        # cut window is marked, so a partial secret at its end is filtered too.
+        return _bounded(redactor.text(window, _MAX_TEXT))
+    redacted = redactor.text(value, _MAX_TEXT)
+    if len(value) <= _MAX_TEXT and redacted != value:
+        return MASKED  # a short value holding an assignment or auth value: masked whole
+    return _bounded(redacted)
 
 
-def _container(value: Any, depth: int) -> str:
+def _container(value: Any, depth: int, redactor: Redactor) -> str:
     iterable = value.items() if isinstance(value, dict) else value
     items = list(itertools.islice(iterable, _MAX_ITEMS + 1))
     more = len(items) > _MAX_ITEMS
@@ -165,10 +143,11 @@ def _container(value: Any, depth: int) -> str:
     for item in items[:_MAX_ITEMS]:
         if isinstance(value, dict):
             key, inner = item
-            shown = MASKED if isinstance(key, str) and _SECRET_NAME.search(key) else inner
-            parts.append(f"{_inline(key, depth)}: {_inline(shown, depth)}")
+            secret = type(key) is str and redactor.is_secret_key(key)
+            shown = MASKED if secret else inner
+            parts.append(f"{_inline(key, depth, redactor)}: {_inline(shown, depth, redactor)}")
         else:
-            parts.append(_inline(item, depth))
+            parts.append(_inline(item, depth, redactor))
     if more:
         parts.append("...")
     brackets: dict[type, tuple[str, str]] = {list: ("[", "]"), tuple: ("(", ")"), dict: ("{", "}")}
@@ -176,10 +155,10 @@ def _container(value: Any, depth: int) -> str:
     return opening + ", ".join(parts) + closing
 
 
-def _inline(value: Any, depth: int) -> str:
+def _inline(value: Any, depth: int, redactor: Redactor) -> str:
     if type(value) is str and value == MASKED:
         return MASKED
-    rendered = _render(value, depth + 1)
+    rendered = _render(value, depth + 1, redactor)
     if type(value) is str and rendered != MASKED:
         return "'" + str(rendered) + "'"
     return str(rendered)
@@ -196,14 +175,14 @@ def _bounded(text: str) -> str:
     return safe_text(text, _MAX_TEXT)
 
 
-def _looks_secret(value: str) -> bool:
-    """The whole value is a credential (short values only: see ``_text``)."""
-    return bool(_SECRET_VALUE.search(value)) or _high_entropy(value)
-
-
 def _high_entropy(value: str) -> bool:
-    """A single long token of mixed character classes with high Shannon entropy."""
-    if len(value) < 24 or len(value) > 256 or any(c.isspace() for c in value):
+    """The whole value is one long token of mixed character classes with high Shannon
+    entropy (a standalone value: from 24 characters; runs inside text need 32, see
+    ``_redact``). Only the head of a long value is read."""
+    value = value[:_MAX_TEXT]
+    if len(value) < 24 or value.startswith("/") or "://" in value:
+        return False  # a path or a URL (URL credentials are checked on their own)
+    if any(c.isspace() for c in value):
         return False
     classes = sum(
         (

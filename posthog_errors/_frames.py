@@ -19,7 +19,6 @@ from types import CodeType
 from typing import Any
 
 from posthog_errors._options import PayloadOptions
-from posthog_errors._redact import redact
 
 __all__ = ["FrameBuilder", "safe_text"]
 
@@ -141,8 +140,12 @@ class FrameBuilder:
 
     def _clean_line(self, line: str) -> str:
         # Source lines too can hold credentials (a hard-coded DSN); built once per site.
-        text = safe_text(line.rstrip("\r\n"), self.options.max_line_length)
-        return redact(text) if self.options.redact_secrets else text
+        # Redacted before the cut (see ``_redact``), so a token crossing it is filtered whole.
+        options = self.options
+        text = line.rstrip("\r\n")
+        if options.redact_secrets:
+            text = options.redactor.text(text, options.max_line_length)
+        return safe_text(text, options.max_line_length)
 
     def in_app_code(self, code: CodeType, module: object) -> bool:
         """``in_app`` from the code object alone (for the caller's thread: cached)."""

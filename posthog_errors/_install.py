@@ -9,6 +9,7 @@ before or after, stays exactly as it was (see ``_hooks.install_logging_hook``).
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import warnings
 from collections.abc import Callable, Iterable
@@ -92,6 +93,8 @@ def install(
     in_app_exclude: Iterable[str] = (),
     project_root: str | None = None,
     redact_secrets: bool = True,
+    redact_keys: Iterable[str] = (),
+    redact_patterns: Iterable[str | re.Pattern[str]] = (),
     capture_code_variables: bool = False,
     rate_limit: tuple[int, float] | None = (
         _rate_limit.DEFAULT_BURST,
@@ -109,6 +112,8 @@ def install(
     ``KeyboardInterrupt`` and ``SystemExit`` are reported only with ``capture_exits``,
     which also reports a failing ``sys.exit()`` of the main thread.
     ``rate_limit`` is ``(burst, refills per second)`` per failure site, or None for off.
+    ``redact_secrets`` filters credentials from everything sent; ``redact_keys`` adds key
+    names (``["ssn", "iban"]``) and ``redact_patterns`` regexes to the built-in rules.
 
     Calling it again while installed returns the existing installation, and warns naming
     the options that differ (they are ignored). Bad options raise ``ValueError``/
@@ -136,6 +141,8 @@ def install(
             in_app_exclude=in_app_exclude,
             project_root=project_root,
             redact_secrets=redact_secrets,
+            redact_keys=redact_keys,
+            redact_patterns=redact_patterns,
             capture_code_variables=capture_code_variables,
         )
         handler = (

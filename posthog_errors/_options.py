@@ -7,8 +7,12 @@ typo in ``dictConfig`` is an error at start-up rather than a silent gap in error
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
+import re
 from collections.abc import Iterable
+
+from posthog_errors._redact import Redactor, compile_patterns, key_words
 
 __all__ = ["PayloadOptions", "as_names"]
 
@@ -20,13 +24,17 @@ class PayloadOptions:
     ``in_app_include`` / ``in_app_exclude`` are module prefixes (``"myapp"`` matches
     ``myapp.views``); include wins over exclude, and both win over the path rules.
     ``project_root``, when set, makes only code under that directory in-app.
-    ``redact_secrets`` filters URL credentials, auth header values and ``password=...``
-    from exception values and log messages. ``capture_code_variables`` (off by default)
+    ``redact_secrets`` applies the redaction policy of ``_redact`` to everything sent
+    (exception values, log messages, fingerprints, source lines, user properties at any
+    depth, Sentry data); ``redact_keys`` adds key names and ``redact_patterns`` regexes to
+    it (checked here). Code variables are masked whatever ``redact_secrets`` says.
+    ``capture_code_variables`` (off by default)
     sends each in-app frame's locals, masked, within ``code_variables_budget`` bytes per
-    event. ``max_value_length`` cuts each exception's value text on the caller's thread,
-    before anything else reads it. ``max_event_bytes`` is the budget for the JSON of the
-    whole properties (exception list and user properties); see ``_payload`` for the order
-    in which an event over it is shrunk.
+    event. ``max_value_length`` cuts each exception's value text (in characters) on the
+    caller's thread, before anything else reads it: generously, as the payload cuts the
+    value to the server's 10,000 UTF-8 bytes after redaction. ``max_event_bytes`` is the
+    budget for the JSON of the whole properties (exception list and user properties); see
+    ``_payload`` for the order in which an event over it is shrunk.
     """
 
     in_app_include: tuple[str, ...] = ()
@@ -35,10 +43,12 @@ class PayloadOptions:
     context_lines: int = 5
     max_frames: int = 100
     max_exceptions: int = 50
-    max_value_length: int = 8192
+    max_value_length: int = 20_000
     max_line_length: int = 1000
     max_event_bytes: int = 512 * 1024
     redact_secrets: bool = True
+    redact_keys: tuple[str, ...] = ()
+    redact_patterns: tuple[re.Pattern[str], ...] = ()
     capture_code_variables: bool = False
     code_variables_budget: int = 16 * 1024
 
@@ -53,6 +63,8 @@ class PayloadOptions:
                 )
             root = os.path.abspath(os.fspath(self.project_root))
             object.__setattr__(self, "project_root", root.rstrip(os.sep) + os.sep)
+        object.__setattr__(self, "redact_keys", key_words(self.redact_keys))
+        object.__setattr__(self, "redact_patterns", compile_patterns(self.redact_patterns))
         for name, minimum in (
             ("context_lines", 0),
             ("max_frames", 2),
@@ -65,6 +77,16 @@ class PayloadOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+    @functools.cached_property
+    def redactor(self) -> Redactor:
+        """The redaction policy for these options (built once)."""
+        return Redactor(self.redact_keys, self.redact_patterns)
+
+    @property
+    def snapshot_value_length(self) -> int:
+        """Characters of a value kept on the caller's thread: room to redact, then cut."""
+        return 2 * self.max_value_length if self.redact_secrets else self.max_value_length
 
 
 def as_names(value: Iterable[str] | str | None) -> tuple[str, ...]:

@@ -5,6 +5,8 @@ want the payload itself) and never raises: hostile ``__repr__``, missing source,
 modules and cyclic chains all produce a valid payload, per exception-event.md. The
 exception's own text (``str(exc)``) was read on the caller's thread, into the snapshot
 (see ``_snapshot``), so that no queued event holds an exception, its traceback or locals.
+Each value is cut to the server's 10,000 UTF-8 bytes here, after redaction. User properties
+named like a key PostHog reads as a typed field are coerced or dropped (see ``_conform``).
 
 **Size.** The whole properties JSON (the exception list *and* the user's properties: log
 ``extra=``, bound properties, Sentry data) is measured against ``max_event_bytes`` (512 KiB
@@ -35,9 +37,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from posthog_errors._code_variables import VariableBudget, int_text, serialize_locals
+from posthog_errors._conform import MAX_VALUE_BYTES, cut_utf8, sanitize_typed_keys
 from posthog_errors._frames import FrameBuilder, safe_text
 from posthog_errors._options import PayloadOptions, as_names
-from posthog_errors._redact import redact
 from posthog_errors._snapshot import EventSnapshot, ExceptionSnapshot, walk_exceptions
 
 __all__ = [
@@ -131,7 +133,7 @@ def exception_properties(
             exc,
             max_exceptions=options.max_exceptions,
             max_frames=options.max_frames,
-            max_value_length=options.max_value_length,
+            max_value_length=options.snapshot_value_length,
             locals_for=builder.in_app_code if options.capture_code_variables else None,
         ),
         level=level,
@@ -184,7 +186,9 @@ def build_properties_sized(
     options = builder.options
     entries: list[dict[str, Any]] = []
     estimate = 0  # characters; a bound in bytes once multiplied by _MAX_BYTES_PER_CHAR
-    budget = VariableBudget(options.code_variables_budget)
+    # One redaction policy (``_redact``) for everything sent; code variables always use it.
+    redactor = options.redactor if options.redact_secrets else None
+    budget = VariableBudget(options.code_variables_budget, options.redactor)
     for entry in snapshot.exceptions:
         payload, size = _exception_entry(entry, snapshot, builder, share_frames, budget)
         entries.append(payload)
@@ -192,11 +196,19 @@ def build_properties_sized(
     list_bound = estimate * _MAX_BYTES_PER_CHAR
     if snapshot.prebuilt_exceptions:
         entries = snapshot.prebuilt_exceptions
+        if redactor is not None:
+            entries = redactor.exception_list(
+                entries, options.max_value_length, options.max_line_length
+            )
         list_bound = json_size(entries)
 
-    properties: dict[str, Any] = json_safe(snapshot.properties) if snapshot.properties else {}
-    if options.redact_secrets and isinstance(properties.get("log_message"), str):
-        properties["log_message"] = redact(properties["log_message"])
+    user = snapshot.properties
+    if user and redactor is not None:
+        # Before json_safe's cut: every text redacted first, keys checked, at any depth.
+        user = redactor.properties(user, _MAX_PROPERTY_TEXT)
+    properties: dict[str, Any] = json_safe(user) if user else {}
+    # Typed keys (exception-event.md) of the wrong type would reject the whole event.
+    sanitize_typed_keys(properties)
     for key in _RESERVED.intersection(properties):
         del properties[key]
     properties["$exception_level"] = snapshot.level
@@ -204,7 +216,10 @@ def build_properties_sized(
     properties["$exception_handled"] = snapshot.handled
     fingerprint = snapshot.fingerprint or properties.get("$exception_fingerprint")
     if fingerprint is not None:
-        properties["$exception_fingerprint"] = _fingerprint_text(fingerprint)
+        fingerprint_text = _fingerprint_text(fingerprint)
+        if redactor is not None:
+            fingerprint_text = safe_text(redactor.fingerprint(fingerprint_text), 512)
+        properties["$exception_fingerprint"] = fingerprint_text
     if snapshot.session_id:
         properties["$session_id"] = snapshot.session_id
     # Everything but the list, measured for real (small, usually), plus the list's bound.
@@ -229,9 +244,14 @@ def _exception_entry(
     budget: VariableBudget,
 ) -> tuple[dict[str, Any], int]:
     # The value was cut on the caller's thread; made encodable and redacted here.
-    text = safe_text(entry.value, builder.options.max_value_length)
-    if builder.options.redact_secrets:
-        text = redact(text)
+    options = builder.options
+    if options.redact_secrets:  # redacted, then cut to max_value_length (see _redact)
+        text = options.redactor.text(entry.value, options.max_value_length)
+        text = safe_text(text, options.max_value_length)
+    else:
+        text = safe_text(entry.value, options.max_value_length)
+    # The server's limit, in UTF-8 bytes, cut after redaction (a cut secret is not found).
+    text = cut_utf8(text, MAX_VALUE_BYTES)
     module = entry.module
     result: dict[str, Any] = {
         "type": safe_text(entry.type_name, 512),

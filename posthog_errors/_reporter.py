@@ -8,6 +8,24 @@ reference to the exception. :meth:`Reporter.deliver` runs on the worker: payload
 ``before_send``, size check, ``client.capture``.
 Data flows one way, entry point -> snapshot -> worker -> payload -> client.
 
+**before_send fails closed.** The hook gets a copy of the properties (every dict and list
+copied: nothing it changes reaches a cached frame or a later event). When it raises, or
+returns something other than a dict or None, the event is dropped and counted as
+``dropped`` (and ``invalid_input``); the first failure of each kind is logged, with its
+traceback, on the ``posthog_errors`` logger. What it returns is checked against the
+server's types (``_conform``): a broken ``$exception_list`` drops the event the same way.
+
+**The captured mark.** An event that is not sent after all (``before_send``, rate limiting,
+a full queue, a worker-side drop) releases the exception's mark, so that a later door (the
+crash's ``sys.excepthook``) still reports it. The worker reaches the exception through a
+weak reference kept in the snapshot for that purpose only. An unhandled-exception hook
+that finds the exception marked by an event still waiting for ``before_send``'s verdict
+waits (bounded) for the worker to decide first.
+
+**Bad run-time input** (a bogus level, non-mapping properties, a non-string fingerprint)
+is given a fallback and the event still goes: counted in ``invalid_input``, logged once
+per kind. It is never an internal error.
+
 The posthog client's ``capture()`` returns the event uuid once the event is queued; an
 event over its size limit (900 KiB of JSON) is dropped later by its consumer thread, with
 only an error log record to show for it. So the size is checked here, before the client
@@ -19,17 +37,26 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
+import re
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any
 
 from posthog_errors import _context, _dedupe, _extensions, _guard, _rate_limit
 from posthog_errors._client import ClientSource
+from posthog_errors._conform import (
+    bad_input,
+    conform_after_hook,
+    conform_exception_list,
+    copy_for_hook,
+    warn_once,
+)
 from posthog_errors._delivery import worker
 from posthog_errors._frames import FrameBuilder
 from posthog_errors._options import PayloadOptions, as_names
 from posthog_errors._payload import LEVELS, MESSAGE_TYPE, build_properties_sized, json_size
+from posthog_errors._redact import compile_patterns, key_words
 from posthog_errors._snapshot import (
     LOCALS_PERMITS,
     UUIDS,
@@ -38,6 +65,7 @@ from posthog_errors._snapshot import (
     FrameRef,
     LocalsPermit,
     cut_text,
+    exception_reference,
     holds_locals,
     release_locals,
     walk_exceptions,
@@ -65,6 +93,17 @@ _CLIENT_EVENT_LIMIT = 900 * 1024
 # $geoip_disable, $is_server, $release_id, $process_person_profile, and the envelope
 # (event, uuid, timestamp, distinct_id). Generous: the distinct_id is measured separately.
 _CLIENT_ADDITIONS = 1024
+
+# The uuids of queued events whose exception is marked and that a ``before_send`` may still
+# drop. An unhandled-exception hook that finds its exception marked by one of them waits,
+# at most this long, for the worker's verdict (the mark is released on a drop).
+_UNDECIDED: set[str] = set()
+_UNDECIDED_LIMIT = 4096
+_VERDICT_WAIT = 2.0
+# The uuids of events dropped on the worker whose exception could not be reached to release
+# its mark (built-in exception types refuse weak references): insertion-ordered, bounded.
+_DROPPED: dict[str, None] = {}
+_DROPPED_LIMIT = 1024
 
 BeforeSend = Callable[[dict[str, Any]], "dict[str, Any] | None"]
 
@@ -104,6 +143,8 @@ class Reporter:
         project_root: str | None = None,
         max_frames: int = 100,
         redact_secrets: bool = True,
+        redact_keys: Iterable[str] = (),
+        redact_patterns: Iterable[str | re.Pattern[str]] = (),
         capture_code_variables: bool = False,
     ) -> None:
         self.client_source = ClientSource(
@@ -115,10 +156,13 @@ class Reporter:
             project_root=project_root,
             max_frames=max_frames,
             redact_secrets=bool(redact_secrets),
+            redact_keys=key_words(redact_keys),
+            redact_patterns=compile_patterns(redact_patterns),
             capture_code_variables=bool(capture_code_variables),
         )
         self.frames = FrameBuilder(self.options)
-        self._value_limit = self.options.max_value_length
+        # A message is kept longer than it is sent: redacted on the worker, then cut.
+        self._value_limit = self.options.snapshot_value_length
         if before_send is not None and not callable(before_send):
             raise TypeError(f"before_send must be a callable or None, got {before_send!r}")
         self.before_send = before_send
@@ -234,12 +278,19 @@ class Reporter:
             return None
 
     def _capture(self, exc: BaseException, fields: EventFields) -> str | None:
+        if not isinstance(exc, BaseException):
+            bad_input(
+                "capture of a non-exception",
+                "capture_exception() takes an exception, got %s: nothing is sent",
+                type(exc).__name__,
+            )
+            return None
         STATS.add("captured")
         if self.ignore and isinstance(exc, self.ignore):
             STATS.add("filtered")
             return None
         event_uuid = UUIDS.new()
-        if not _dedupe.claim(exc, event_uuid):
+        if not _claim(exc, event_uuid, fields.handled):
             STATS.add("deduplicated")
             return None
         queued = None
@@ -261,7 +312,7 @@ class Reporter:
                 exc,
                 max_exceptions=options.max_exceptions,
                 max_frames=options.max_frames,
-                max_value_length=options.max_value_length,
+                max_value_length=options.snapshot_value_length,
                 locals_for=locals_for,
             )
             if permit is not None and not holds_locals(exceptions):
@@ -301,9 +352,15 @@ class Reporter:
         locals_permit: LocalsPermit | None = None,
     ) -> str | None:
         level = fields.level
-        if level not in LEVELS:
-            STATS.add("invalid_input")
+        if not isinstance(level, str) or level not in LEVELS:
+            bad_input(
+                "level",
+                "level must be one of %s, got %r: sent as 'error'",
+                ", ".join(LEVELS),
+                level[:100] if isinstance(level, str) else type(level).__name__,
+            )
             level = "error"
+        properties = _user_properties(fields.properties)
         delivery = worker()
         # Redirected (posthog_errors.testing): events go to a list, no client needed.
         client = None if delivery.redirected else self.client_source.resolve()
@@ -313,7 +370,6 @@ class Reporter:
         distinct_id, session_id, bound = _context.resolve(
             exc, fields.distinct_id, fields.session_id
         )
-        properties = fields.properties
         if bound:
             properties = {**bound, **properties} if properties else dict(bound)
         snapshot = EventSnapshot(
@@ -332,9 +388,18 @@ class Reporter:
             reporter=self,
             prebuilt_exceptions=prebuilt,
             locals_permit=locals_permit,
+            exception_ref=None if exc is None else exception_reference(exc),
         )
         _extensions.run_capture_hooks(exc, snapshot)
-        return event_uuid if delivery.submit(snapshot) else None
+        undecided = exc is not None and self.before_send is not None and not delivery.redirected
+        if undecided:
+            if len(_UNDECIDED) >= _UNDECIDED_LIMIT:
+                _UNDECIDED.clear()  # stale (a worker that died): only the waits are lost
+            _UNDECIDED.add(event_uuid)
+        if delivery.submit(snapshot):
+            return event_uuid
+        _UNDECIDED.discard(event_uuid)
+        return None
 
     # -- worker thread ---------------------------------------------------------------
 
@@ -344,7 +409,7 @@ class Reporter:
         """The event as it is handed to the client; None when ``before_send`` dropped it.
 
         ``for_client``: the event goes straight to the posthog client, which copies it
-        while cleaning, so cached frames can be shared when no ``before_send`` runs.
+        while cleaning, so cached frames can be shared (``before_send`` gets a copy).
         """
         built = self._build_event(snapshot, for_client=for_client)
         return None if built is None else built[0]
@@ -355,7 +420,8 @@ class Reporter:
         """The event, and a bound of its properties' JSON size in bytes (None when
         ``before_send`` may have changed them: unknown). The snapshot's frame locals are
         released once the payload is built, whatever happens."""
-        share = for_client and self.before_send is None
+        # With a before_send, the hook gets a deep copy: sharing cached frames is safe.
+        share = for_client or self.before_send is not None
         try:
             properties, size = build_properties_sized(snapshot, self.frames, share_frames=share)
         finally:
@@ -366,12 +432,20 @@ class Reporter:
                 properties.update(late)
                 size += json_size(late)
         bound: int | None = size
-        if self.before_send is not None:
-            filtered = self._run_before_send(properties)
-            if filtered is None:
-                STATS.add("filtered")
+        if snapshot.prebuilt_exceptions:
+            # Built from a Sentry event: its values and line numbers are checked here.
+            entries = conform_exception_list(properties["$exception_list"])
+            if entries is None:
+                STATS.add("dropped")
                 return None
-            properties = filtered
+            properties["$exception_list"] = entries
+        if self.before_send is not None:
+            kept, outcome = self._run_before_send(properties)
+            if kept is None:
+                STATS.add(outcome)
+                _release_mark(snapshot)
+                return None
+            properties = kept
             bound = None
         distinct_id = snapshot.distinct_id
         if not distinct_id:
@@ -390,10 +464,22 @@ class Reporter:
     def deliver(self, snapshot: EventSnapshot) -> Any:
         """Build the event and hand it to the client. Returns the client used, or None
         when nothing was handed over."""
+        sent = False
+        try:
+            client, sent = self._deliver(snapshot)
+            return client
+        finally:
+            if not sent:
+                _release_mark(snapshot)  # not sent after all, whatever stopped it
+            snapshot.exception_ref = None
+            _UNDECIDED.discard(snapshot.uuid)
+
+    def _deliver(self, snapshot: EventSnapshot) -> tuple[Any, bool]:
+        """(the client used or None, whether it took the event)."""
         built = self._build_event(snapshot, for_client=True)
         snapshot.properties = None  # the app's objects: not kept while the worker idles
         if built is None:
-            return None
+            return None, False
         event, bound = built
         client = snapshot.client
         if not _fits_client(event, bound, client):
@@ -402,7 +488,7 @@ class Reporter:
                 "dropped an $exception event over the posthog client's size limit (%d bytes)",
                 _client_limit(client),
             )
-            return None
+            return None, False
         try:
             accepted = client.capture(
                 "$exception",
@@ -416,22 +502,41 @@ class Reporter:
             accepted = None
         # capture() returns the uuid once queued, None when it refused the event.
         STATS.add("sent" if accepted is not None else "dropped")
-        return client
+        return client, accepted is not None
 
-    def _run_before_send(self, properties: dict[str, Any]) -> dict[str, Any] | None:
-        assert self.before_send is not None
+    def _run_before_send(self, properties: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+        """The properties ``before_send`` keeps, checked; or None and the outcome to count:
+        ``filtered`` when it returned None, ``dropped`` when it failed (fails closed)."""
+        hook = self.before_send
+        assert hook is not None
         try:
-            result = self.before_send(properties)
+            result = hook(copy_for_hook(properties))
         except Exception:
-            # The user's callback failed: send the event as built rather than lose it.
-            logger.warning("before_send raised; sending the event unchanged", exc_info=True)
             STATS.add("invalid_input")
-            return properties
-        if result is None or isinstance(result, dict):
-            return result
-        logger.warning("before_send returned %r, not a dict or None; ignored", type(result))
-        STATS.add("invalid_input")
-        return properties
+            warn_once(
+                "before_send raised",
+                "before_send raised: the event is dropped (logged for the first failure only)",
+                exc_info=True,
+            )
+            return None, "dropped"
+        if result is None:
+            return None, "filtered"
+        if not isinstance(result, dict):
+            bad_input(
+                "before_send returned",
+                "before_send returned %s, not a dict or None: the event is dropped",
+                type(result).__name__,
+            )
+            return None, "dropped"
+        checked = conform_after_hook(result, properties)
+        if checked is None:
+            bad_input(
+                "before_send $exception_list",
+                "before_send returned no valid $exception_list (a non-empty list of objects "
+                "with a string type): the event is dropped",
+            )
+            return None, "dropped"
+        return checked, "sent"
 
 
 def _client_limit(client: Any) -> int:
@@ -465,10 +570,82 @@ def _fingerprint_text(value: object) -> str | None:
     """A fingerprint as PostHog takes it: a string (a list or tuple is joined with "/")."""
     if value is None or isinstance(value, str):
         return value
-    STATS.add("invalid_input")
+    bad_input(
+        "fingerprint", "fingerprint must be a string, got %s: converted", type(value).__name__
+    )
     if isinstance(value, (list, tuple)):
         return "/".join(str(part) for part in value)
     return str(value)
+
+
+def _user_properties(value: object) -> dict[str, Any] | None:
+    """The caller's properties as a dict of its own; None (and said once) when they are
+    not a mapping: the event is sent without them."""
+    if value is None or type(value) is dict:
+        return value
+    if isinstance(value, Mapping):
+        try:
+            return dict(value)
+        except Exception:
+            pass
+    bad_input(
+        "properties",
+        "properties must be a mapping, got %s: the event is sent without them",
+        type(value).__name__,
+    )
+    return None
+
+
+def _release_mark(snapshot: EventSnapshot) -> None:
+    """The snapshot's event is not sent after all: release its exception's captured mark.
+
+    Through the weak reference when the exception has one (classes defined in Python) and
+    is alive; and, for built-in exception types (which refuse weak references), by
+    remembering the uuid as dropped: the next door that finds the mark naming it takes
+    the exception over (see :func:`_claim`)."""
+    reference, snapshot.exception_ref = snapshot.exception_ref, None
+    exc = None if reference is None else reference()
+    if exc is not None:
+        _dedupe.release(exc, snapshot.uuid)
+        return
+    if reference is None and snapshot.prebuilt_exceptions is None:
+        while len(_DROPPED) >= _DROPPED_LIMIT:
+            try:
+                _DROPPED.pop(next(iter(_DROPPED)))
+            except (KeyError, RuntimeError, StopIteration):
+                break  # another thread changed the table meanwhile
+        _DROPPED[snapshot.uuid] = None
+
+
+def _claim(exc: BaseException, event_uuid: str, handled: bool) -> bool:
+    """Mark ``exc`` as captured by this event; False when another event already did.
+
+    A mark that names an event dropped on the worker (see :func:`_release_mark`) is taken
+    over. An unhandled-exception hook (``handled`` False) that finds the mark of an event
+    still waiting for ``before_send``'s verdict waits, bounded, for the worker to decide.
+    """
+    if _dedupe.claim(exc, event_uuid):
+        return True
+    marked = _marked_uuid(exc)
+    if not handled and _UNDECIDED and (marked is None or marked in _UNDECIDED):
+        # Unmarkable exceptions have no uuid to read: any undecided event may be theirs.
+        worker().flush(_VERDICT_WAIT)
+        marked = _marked_uuid(exc)
+        if marked is None:
+            return _dedupe.claim(exc, event_uuid)  # released through the weak reference
+    if marked is not None and marked in _DROPPED:
+        _DROPPED.pop(marked, None)
+        _dedupe.release(exc, marked)
+        return _dedupe.claim(exc, event_uuid)
+    return False
+
+
+def _marked_uuid(exc: BaseException) -> str | None:
+    try:
+        marked = getattr(exc, _dedupe.UUID_ATTR, None)
+    except Exception:
+        return None
+    return marked if isinstance(marked, str) else None
 
 
 def _rate_limited(key: Callable[[], Hashable]) -> bool:

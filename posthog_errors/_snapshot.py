@@ -20,10 +20,12 @@ a capture made while all permits are taken goes without code variables, and is c
 from __future__ import annotations
 
 import builtins
+import collections.abc
 import dataclasses
 import os
 import random
 import sys
+import weakref
 from collections.abc import Callable
 from types import CodeType, FrameType, TracebackType
 from typing import Any, Protocol, TypeVar
@@ -41,8 +43,10 @@ __all__ = [
     "LocalsPermit",
     "cut_text",
     "exception_message",
+    "exception_reference",
     "exception_type_module",
     "exception_type_name",
+    "exception_value",
     "frames_from_stack",
     "frames_from_traceback",
     "group_members",
@@ -107,6 +111,12 @@ class EventSnapshot:
     prebuilt_exceptions: list[dict[str, Any]] | None = None
     # Held while ``exceptions`` carry frame locals; given back by ``release_locals``.
     locals_permit: LocalsPermit | None = None
+    # A weak reference to the captured exception, only so that the worker can release its
+    # captured mark when the event is not sent after all (``before_send`` dropped it): it
+    # never keeps the exception (its traceback, its frames' locals) alive. None for
+    # built-in exception types, which refuse weak references (see ``Reporter`` for how
+    # their mark is released then).
+    exception_ref: weakref.ref[BaseException] | None = None
 
 
 MAX_PENDING_LOCALS = 8
@@ -272,7 +282,7 @@ def walk_exceptions(
     (or context, unless ``__suppress_context__``) with everything below it, then its group
     members. Cycle-safe, and capped at ``max_exceptions`` entries. Iterative, so a chain
     longer than the recursion limit cannot break it. Each entry keeps the exception's type
-    name, module and value text (cut to ``max_value_length``), never the exception.
+    name, module and value text (see :func:`exception_value`), never the exception.
     """
     result: list[ExceptionSnapshot] = []
     seen: set[int] = set()
@@ -287,7 +297,7 @@ def walk_exceptions(
         frames, omitted = frames_from_traceback(tb, max_frames)
         entry = ExceptionSnapshot(
             type_name=exception_type_name(current),
-            value=cut_text(exception_message(current), max_value_length),
+            value=exception_value(current, max_value_length),
             module=exception_type_module(current),
             frames=frames,
             frames_omitted=omitted,
@@ -381,8 +391,66 @@ def _plain_text(text: str) -> str:
     return safe_text(text, 512)
 
 
+def exception_reference(exc: BaseException) -> weakref.ref[BaseException] | None:
+    """A weak reference to ``exc``; None when its class refuses one: built-in exception
+    types (``ValueError``; classes defined in Python take them) and ``__slots__`` classes."""
+    try:
+        return weakref.ref(exc)
+    except TypeError:
+        return None
+
+
+def exception_value(exc: BaseException, limit: int) -> str:
+    """What Python prints after the type: the message, then each PEP 678 note on its own
+    line (as :mod:`traceback` prints them); an exception group's message without the
+    member count. Cut to ``limit`` characters, reading no more of a huge message or of
+    many notes than that: the final cut, in UTF-8 bytes, is the payload's, after redaction.
+    """
+    text = cut_text(exception_message(exc), limit)
+    try:
+        notes = getattr(exc, "__notes__", None)
+    except Exception:
+        notes = ["<__notes__ getattr() failed>"]
+    if notes is None:
+        return text
+    parts = [text]
+    size = len(text)
+    try:
+        if isinstance(notes, str) or not isinstance(notes, collections.abc.Sequence):
+            # traceback prints a str as its characters, one per line (it is a Sequence).
+            if isinstance(notes, str):
+                parts.extend(notes[: limit - size])
+            else:
+                parts.append(_safe_str(notes, "__notes__", repr)[: limit - size + 3])
+        else:
+            for note in notes:
+                if size >= limit:
+                    break
+                line = _safe_str(note, "note", str)[: limit - size + 3]
+                parts.append(line)
+                size += len(line) + 1
+    except Exception:
+        pass  # a hostile sequence: the notes read so far
+    return cut_text("\n".join(parts), limit)
+
+
+def _safe_str(value: object, what: str, func: Callable[[object], str]) -> str:
+    """``func(value)`` as a plain str, or traceback's own placeholder when it raises."""
+    try:
+        text = func(value)
+        if type(text) is str:
+            return text
+        if isinstance(text, str):
+            return str.__str__(text)
+    except Exception:
+        pass
+    return f"<{what} {func.__name__}() failed>"
+
+
 def exception_message(exc: BaseException) -> str:
-    """``str(exc)``, falling back the way :mod:`traceback` does when ``__str__`` raises.
+    """``str(exc)``, falling back the way :mod:`traceback` does when ``__str__`` raises;
+    an exception group's ``message`` (``str()`` adds " (N sub-exceptions)"), unless its
+    class prints itself some other way.
 
     A plain ``str`` always: a subclass returned by a hostile ``__str__`` never has one of
     its methods run. This runs on the caller's thread, so ``KeyboardInterrupt``,
@@ -391,6 +459,9 @@ def exception_message(exc: BaseException) -> str:
     be told from a hostile one), and abandon the capture.
     """
     try:
+        group_message = _group_message(exc)
+        if group_message is not None:
+            return group_message
         text = str(exc)
         if type(text) is str:
             return text
@@ -402,6 +473,32 @@ def exception_message(exc: BaseException) -> str:
         return f"<exception str() failed: {object.__repr__(exc)}>"
     except Exception:
         return "<exception str() failed>"
+
+
+def _group_message(exc: BaseException) -> str | None:
+    cls = type(exc)
+    for group_type in _group_types():
+        if issubclass(cls, group_type):
+            if getattr(cls, "__str__", None) is not getattr(group_type, "__str__", None):
+                return None  # the class prints itself its own way: str() it is
+            try:
+                message = exc.message  # type: ignore[attr-defined]
+            except Exception:
+                return None
+            if type(message) is str:
+                return message
+            return str.__str__(message) if isinstance(message, str) else None
+    return None
+
+
+def _group_types() -> list[type]:
+    found: list[type] = [_BUILTIN_GROUP] if _BUILTIN_GROUP is not None else []
+    backport = sys.modules.get("exceptiongroup")
+    if backport is not None:
+        candidate = getattr(backport, "BaseExceptionGroup", None)
+        if isinstance(candidate, type) and candidate not in found:
+            found.append(candidate)
+    return found
 
 
 def cut_text(text: str, limit: int) -> str:

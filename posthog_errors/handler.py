@@ -51,7 +51,8 @@ class PostHogHandler(logging.Handler):
     ``$exception_fingerprint``) unless ``capture_messages`` is false. A message is rate
     limited by its call site (and its template, when it has arguments), so f-string messages
     from one line share one budget. ``levels`` is an allow list, not a threshold:
-    ``["debug", "error"]`` sends DEBUG and ERROR records only.
+    ``["debug", "error"]`` sends DEBUG and ERROR records only. ``redact_secrets``,
+    ``redact_keys`` and ``redact_patterns`` are :func:`posthog_errors.install`'s.
     """
 
     def __init__(
@@ -69,6 +70,9 @@ class PostHogHandler(logging.Handler):
         in_app_include: Iterable[str] = (),
         in_app_exclude: Iterable[str] = (),
         project_root: str | None = None,
+        redact_secrets: bool | str = True,
+        redact_keys: Iterable[str] | str = (),
+        redact_patterns: Iterable[str] | str = (),
         reporter: Reporter | None = None,
     ) -> None:
         self.levels = LevelAllowList(levels)
@@ -88,6 +92,9 @@ class PostHogHandler(logging.Handler):
                 in_app_include=in_app_include,
                 in_app_exclude=in_app_exclude,
                 project_root=project_root,
+                redact_secrets=_boolean("redact_secrets", redact_secrets),
+                redact_keys=redact_keys,  # a single name or regex from a config file: one
+                redact_patterns=redact_patterns,
             )
         self.reporter = reporter
 

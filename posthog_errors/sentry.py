@@ -239,10 +239,15 @@ def _send_to_posthog(
     integration: PostHogIntegration, pending: _Pending, level: str, sent: bool
 ) -> None:
     event = pending.event
+    reporter = integration.posthog_reporter()
     values = (event.get("exception") or {}).get("values") or []
     outermost = values[-1] if values else {}
     properties: dict[str, Any] = {
-        "$sentry_exception": event.get("exception"),
+        # Every text here is redacted on the worker, as any property is (see _redact);
+        # Sentry's frame locals go only where code variables are on.
+        "$sentry_exception": _exception_data(
+            event.get("exception"), keep_vars=reporter.options.capture_code_variables
+        ),
         "$sentry_exception_message": outermost.get("value") or _message_of(event),
         "$sentry_exception_type": outermost.get("type"),
         "$sentry_tags": dict(event.get("tags") or {}),
@@ -260,7 +265,6 @@ def _send_to_posthog(
         "distinct_id": pending.link.distinct_id,
         "properties": properties,
     }
-    reporter = integration.posthog_reporter()
     if pending.exception is not None:
         reporter.capture(pending.exception, **options)
     else:
@@ -345,6 +349,27 @@ def _message_of(event: dict[str, Any]) -> str:
     logentry = event.get("logentry") or {}
     formatted = logentry.get("formatted") or logentry.get("message")
     return formatted if isinstance(formatted, str) else ""
+
+
+def _exception_data(data: Any, *, keep_vars: bool) -> Any:
+    """Sentry's ``exception`` data for ``$sentry_exception``: a copy without the frames'
+    ``vars`` (sentry-sdk's locals) unless code variables are on. Only the dicts on the way
+    to the frames are copied; the event Sentry sends is left as it is."""
+    if keep_vars or not isinstance(data, dict) or not isinstance(data.get("values"), list):
+        return data
+    values = []
+    for value in data["values"]:
+        stacktrace = value.get("stacktrace") if isinstance(value, dict) else None
+        if isinstance(stacktrace, dict) and isinstance(stacktrace.get("frames"), list):
+            frames = [
+                {k: v for k, v in frame.items() if k != "vars"}
+                if isinstance(frame, dict)
+                else frame
+                for frame in stacktrace["frames"]
+            ]
+            value = {**value, "stacktrace": {**stacktrace, "frames": frames}}
+        values.append(value)
+    return {**data, "values": values}
 
 
 def _exception_list(event: dict[str, Any]) -> list[dict[str, Any]]:

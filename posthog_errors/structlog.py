@@ -9,6 +9,7 @@ and keeps no per-call state on the instance, so one processor can serve many thr
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from collections.abc import Iterable, MutableMapping
 from typing import Any
@@ -70,6 +71,9 @@ class PostHogProcessor:
         in_app_include: Iterable[str] = (),
         in_app_exclude: Iterable[str] = (),
         project_root: str | None = None,
+        redact_secrets: bool = True,
+        redact_keys: Iterable[str] = (),
+        redact_patterns: Iterable[str | re.Pattern[str]] = (),
         reporter: Reporter | None = None,
     ) -> None:
         self.levels = LevelAllowList(levels)
@@ -81,6 +85,9 @@ class PostHogProcessor:
             in_app_include=in_app_include,
             in_app_exclude=in_app_exclude,
             project_root=project_root,
+            redact_secrets=bool(redact_secrets),
+            redact_keys=redact_keys,
+            redact_patterns=redact_patterns,
         )
         self._warned_misplaced = False  # configuration feedback, not per-call state
 

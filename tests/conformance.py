@@ -1,7 +1,10 @@
 """exception-event.md as executable checks.
 
 ``assert_event_conforms`` is applied to every ``$exception`` event that reaches a capture
-server in this suite (see conftest.py), and to every payload the payload tests build.
+server in this suite (see conftest.py), and to every payload the payload tests build: the
+required keys and their types, the keys the server reads as typed fields, each value within
+the server's 10,000 UTF-8 bytes, every ``lineno``/``colno`` an unsigned 32-bit integer or
+null, and JSON nested no deeper than the server takes.
 """
 
 from __future__ import annotations
@@ -27,6 +30,22 @@ SOURCES = {
     "sentry",
 }
 MAX_EVENT_BYTES = 900 * 1024
+# The server rejects JSON nested deeper than about 64 levels, counted from the request
+# body, where ``{"batch": [event]}`` adds two levels around each event.
+MAX_EVENT_NESTING = 62
+MAX_VALUE_BYTES = 10_000
+U32 = 2**32
+
+# Keys the server reads as typed fields (exception-event.md): a wrong type rejects the event.
+STR_LIST_KEYS = ("$exception_types", "$exception_values", "$exception_sources")
+STR_LIST_KEYS += ("$exception_functions",)
+STR_KEYS = (
+    "$exception_proposed_fingerprint",
+    "$exception_fingerprint",
+    "$issue_name",
+    "$issue_description",
+)
+FINGERPRINT_RECORD_TYPES = {"frame", "exception", "custom", "manual"}
 
 
 def assert_event_conforms(event: dict[str, Any]) -> None:
@@ -40,6 +59,53 @@ def assert_event_conforms(event: dict[str, Any]) -> None:
     if props.get("$process_person_profile") is False:
         uuid.UUID(event["distinct_id"])  # personless events get a random uuid4
     assert len(json.dumps(event).encode()) < MAX_EVENT_BYTES
+    assert json_depth(event) <= MAX_EVENT_NESTING, json_depth(event)
+
+
+def json_depth(value: Any) -> int:
+    """How deeply ``value`` nests (a scalar is 0, ``[]`` is 1); iterative."""
+    deepest = 0
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            children = list(item.values())
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        pending.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def assert_typed_keys_conform(props: dict[str, Any]) -> None:
+    """The keys the server deserializes into typed fields have their type, or are absent."""
+    for key in STR_LIST_KEYS:
+        if key in props:
+            value = props[key]
+            assert isinstance(value, list), (key, value)
+            assert all(item is None or isinstance(item, str) for item in value), (key, value)
+    for key in STR_KEYS:
+        if key in props:
+            assert isinstance(props[key], str), (key, props[key])
+    if "$issue_name" in props:
+        assert len(props["$issue_name"].encode("utf-8")) <= 255
+    if "$exception_releases" in props:
+        assert isinstance(props["$exception_releases"], dict)
+    if "$exception_issue_id" in props:
+        value = props["$exception_issue_id"]
+        assert isinstance(value, str) and str(uuid.UUID(value)) == value.lower(), value
+    if "$exception_fingerprint_record" in props:
+        records = props["$exception_fingerprint_record"]
+        assert isinstance(records, list), records
+        for record in records:
+            assert isinstance(record, dict), record
+            assert record.get("type") in FINGERPRINT_RECORD_TYPES, record
+    if "$debug_images" in props:
+        images = props["$debug_images"]
+        assert isinstance(images, list) and all(isinstance(i, dict) for i in images), images
+    assert isinstance(props["$exception_handled"], bool)
 
 
 def assert_properties_conform(props: dict[str, Any]) -> None:
@@ -47,9 +113,7 @@ def assert_properties_conform(props: dict[str, Any]) -> None:
     assert isinstance(exceptions, list) and 1 <= len(exceptions) <= 50
     assert props["$exception_level"] in LEVELS
     assert props.get("$exception_source") in SOURCES
-    assert isinstance(props["$exception_handled"], bool)
-    if "$exception_fingerprint" in props:
-        assert isinstance(props["$exception_fingerprint"], str)
+    assert_typed_keys_conform(props)
     if "$session_id" in props:
         assert isinstance(props["$session_id"], str)
     ids = set()
@@ -65,6 +129,7 @@ def assert_properties_conform(props: dict[str, Any]) -> None:
 def assert_entry_conforms(entry: dict[str, Any], *, root: bool) -> None:
     assert isinstance(entry["type"], str) and entry["type"]
     assert isinstance(entry["value"], str)
+    assert len(entry["value"].encode("utf-8")) <= MAX_VALUE_BYTES
     assert entry["module"] is None or isinstance(entry["module"], str)
     mechanism = entry["mechanism"]
     assert isinstance(mechanism["type"], str)
@@ -93,7 +158,10 @@ def assert_frame_conforms(frame: dict[str, Any]) -> None:
     assert frame["abs_path"] is None or isinstance(frame["abs_path"], str)
     assert isinstance(frame["function"], str) and frame["function"]
     assert frame["module"] is None or isinstance(frame["module"], str)
-    assert frame["lineno"] is None or (isinstance(frame["lineno"], int) and frame["lineno"] >= 0)
+    for key in ("lineno", "colno"):
+        if key in frame or key == "lineno":
+            number = frame[key]
+            assert number is None or (type(number) is int and 0 <= number < U32), (key, number)
     for key in ("pre_context", "post_context"):
         assert isinstance(frame[key], list)
         assert all(isinstance(line, str) for line in frame[key]), frame[key]

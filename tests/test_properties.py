@@ -101,7 +101,7 @@ def test_payload_builder_never_raises_and_always_conforms(exc: BaseException) ->
     encoded = json.dumps(props).encode("utf-8")
     assert len(encoded) < 900 * 1024
     for entry in props["$exception_list"]:
-        assert len(entry["value"]) <= 8192
+        assert len(entry["value"].encode("utf-8")) <= 10_000
 
 
 def test_a_traceback_at_the_recursion_limit() -> None:
