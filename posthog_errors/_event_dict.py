@@ -3,15 +3,15 @@
 Both doors meet these dicts: the processor in structlog's chain, and the handler when
 ``structlog.stdlib.ProcessorFormatter`` hands stdlib a record whose ``msg`` is the dict. One
 reading keeps them consistent: the exception the way structlog resolves ``exc_info``, the
-message from ``event``, the IDs, and the rest as properties, with secret-looking keys left
-out.
+message from ``event``, the IDs, and the rest as properties. Secret-looking keys are not
+dropped here: the one redaction policy (``_redact``) filters their values on the worker,
+with the user's own ``redact_keys``, like every other property.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import re
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -37,11 +37,6 @@ _RESERVED_KEYS = frozenset(
         "distinct_id",
         "session_id",
     }
-)
-_SECRET_KEY = re.compile(
-    r"pass(word|wd)?|secret|token|api[_-]?key|auth|credential|cookie|session[_-]?key|"
-    r"private[_-]?key|dsn|signature|jwt",
-    re.IGNORECASE,
 )
 
 
@@ -83,7 +78,7 @@ def read_event_dict(event_dict: Mapping[str, Any]) -> EventDictView:
     properties = {
         key: value
         for key, value in event_dict.items()
-        if isinstance(key, str) and key not in _RESERVED_KEYS and not _SECRET_KEY.search(key)
+        if isinstance(key, str) and key not in _RESERVED_KEYS
     }
     return EventDictView(
         message=message,

@@ -212,7 +212,7 @@ def test_structlog_event_dict_in_msg_is_read_as_an_event(
     by_type = {e["properties"]["$exception_list"][0]["type"]: e for e in events}
     failed = by_type["ValueError"]["properties"]
     assert failed["log_message"] == "payment failed"
-    assert failed["order"] == 7 and "password" not in failed
+    assert failed["order"] == 7 and failed["password"] == "[Filtered]"
     message = by_type["LogMessage"]
     assert message["properties"]["$exception_list"][0]["value"] == "no exception here"
     assert message["distinct_id"] == "u-1"
