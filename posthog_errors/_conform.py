@@ -68,6 +68,7 @@ _STR_KEYS = frozenset(
         "$exception_fingerprint",
         "$issue_name",
         "$issue_description",
+        "$session_id",  # not cymbal's, but PostHog reads it as the session's id: a string
     }
 )
 _RECORD_TYPES = frozenset({"frame", "exception", "custom", "manual"})

@@ -22,6 +22,7 @@ capture before the task goes on, since ``Pool.terminate()`` kills them without a
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import queue
@@ -357,7 +358,32 @@ def worker() -> DeliveryWorker:
     return _WORKER
 
 
+def _forget_posthog_http_sessions() -> None:
+    """Let posthog-python's own at-fork hook build fresh HTTP sessions without closing the
+    inherited ones.
+
+    posthog-python replaces its module-level ``requests`` sessions in a forked child
+    (``posthog.request.reset_sessions``), closing the old ones first. Closing takes a
+    urllib3 lock that the parent's consumer thread may have held at fork time (forked
+    mid-upload): the child then hangs for ever inside ``os.fork()``. Our hook is registered
+    when posthog_errors is imported, before any client registers its own, so it runs
+    first: it puts fresh sessions in place of the inherited ones (dropped, not closed), and
+    posthog's hook closes those instead. A posthog version without these attributes is
+    left alone.
+    """
+    request = sys.modules.get("posthog.request")
+    if request is None:
+        return
+    options = getattr(request, "_socket_options", None)
+    for name, build in (("_session", "_build_session"), ("_flags_session", "_build_flags_session")):
+        builder = getattr(request, build, None)
+        if getattr(request, name, None) is not None and callable(builder):
+            with contextlib.suppress(Exception):  # posthog's own hook still replaces it
+                setattr(request, name, builder(options))
+
+
 def _after_fork_in_child() -> None:
+    _forget_posthog_http_sessions()
     from posthog_errors import _dedupe
     from posthog_errors._snapshot import UUIDS
 
