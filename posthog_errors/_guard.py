@@ -16,6 +16,7 @@ Only :class:`Exception` is ever caught: ``KeyboardInterrupt``, ``SystemExit`` an
 from __future__ import annotations
 
 import contextvars
+import functools
 import os
 import threading
 from collections.abc import Iterator
@@ -107,20 +108,24 @@ def raised_by_signal_handler(error: BaseException) -> bool:
     tb = error.__traceback__
     if tb is None:
         return False
-    try:
-        import signal
+    import signal
 
-        handlers = {
-            getattr(signal.getsignal(signum), "__code__", None) for signum in signal.valid_signals()
-        }
-    except Exception:
-        return False
+    # No ``except`` here: another exception from a signal handler, arriving while this
+    # looks, must reach the app too, not be taken for an answer.
+    handlers = {getattr(signal.getsignal(signum), "__code__", None) for signum in _valid_signals()}
     handlers.discard(None)
     while tb is not None:
         if tb.tb_frame.f_code in handlers:
             return True
         tb = tb.tb_next
     return False
+
+
+@functools.lru_cache(maxsize=1)
+def _valid_signals() -> tuple[int, ...]:
+    import signal
+
+    return tuple(signal.valid_signals())
 
 
 def strict_failures() -> list[BaseException]:
