@@ -215,43 +215,51 @@ def install_asyncio_hook(reporter: Reporter) -> Restore:
 
 
 def install_process_hook(reporter: Reporter, *, capture_exits: bool = False) -> Restore:
-    """Wrap ``multiprocessing.process.BaseProcess.run`` to report an uncaught exception of a
-    ``multiprocessing.Process`` target.
+    """Report an uncaught exception of a ``multiprocessing.Process``'s ``run()``.
 
     In a child process, ``sys.excepthook`` never runs: ``BaseProcess._bootstrap`` catches
-    the exception, prints it itself and exits with status 1. The event is delivered by the
-    exit flush, which ``_bootstrap`` still runs (``threading._shutdown``). A forked child
-    inherits the hook; a spawned or forkserver child has it when ``install()`` runs at
-    import time of the main module (which the child imports again), not only under
+    the exception, prints it itself and exits with status 1. So ``_bootstrap``, which runs
+    in the child whatever the start method, is wrapped to wrap the process's own ``run``
+    (a ``target``, or a subclass's override) for that process. The event is delivered by
+    the exit flush, which ``_bootstrap`` still runs (``threading._shutdown``). A forked
+    child inherits the hook; a spawned or forkserver child has it when ``install()`` runs
+    at import time of the main module (which the child imports again), not only under
     ``if __name__ == "__main__":``.
     """
     from multiprocessing.process import BaseProcess
 
-    previous = BaseProcess.run
+    previous = BaseProcess._bootstrap  # type: ignore[attr-defined]
     switch = _Switch()
 
-    def posthog_errors_process_run(self: BaseProcess) -> None:
-        try:
-            previous(self)
-        except BaseException as exc:
-            if switch.on and _reportable(exc, capture_exits):
-                reporter.capture(
-                    exc,
-                    level="fatal",
-                    handled=False,
-                    mechanism="multiprocessing",
-                    source="python.multiprocessing",
-                    properties={"process_name": str(self.name)[:200]},
-                )
-            raise
+    def posthog_errors_process_bootstrap(self: BaseProcess, *args: Any, **kwargs: Any) -> Any:
+        if switch.on:
+            run = self.run
 
-    BaseProcess.run = posthog_errors_process_run  # type: ignore[method-assign]
+            def posthog_errors_process_run() -> None:
+                try:
+                    run()
+                except BaseException as exc:
+                    if switch.on and _reportable(exc, capture_exits):
+                        reporter.capture(
+                            exc,
+                            level="fatal",
+                            handled=False,
+                            mechanism="multiprocessing",
+                            source="python.multiprocessing",
+                            properties={"process_name": str(self.name)[:200]},
+                        )
+                    raise
+
+            self.run = posthog_errors_process_run  # type: ignore[method-assign]
+        return previous(self, *args, **kwargs)
+
+    BaseProcess._bootstrap = posthog_errors_process_bootstrap  # type: ignore[attr-defined]
     return _undo(
         switch,
-        posthog_errors_process_run,
+        posthog_errors_process_bootstrap,
         previous,
-        lambda: BaseProcess.run,
-        lambda hook: setattr(BaseProcess, "run", hook),
+        lambda: BaseProcess._bootstrap,  # type: ignore[attr-defined]
+        lambda hook: setattr(BaseProcess, "_bootstrap", hook),
     )
 
 

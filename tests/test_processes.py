@@ -50,6 +50,12 @@ def task(n):
 
 def crash():
     raise RuntimeError("uncaught in a child process")
+
+
+class Cruncher(multiprocessing.Process):
+    # The other common form: a subclass that overrides run() instead of a target.
+    def run(self):
+        raise LookupError("uncaught in a Process subclass")
 """
 
 
@@ -181,3 +187,32 @@ def test_a_gevent_patched_app_delivers_and_runs_its_code_once(
     assert result.stdout.splitlines() == ["app started", "flushed True"]
     events = capture_server.wait_for_events(10, timeout=10)
     assert sorted(e["distinct_id"] for e in events) == sorted(f"user-{n}" for n in range(10))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_an_uncaught_exception_in_a_process_subclass_run_is_reported_once(
+    capture_server: CaptureServer, tmp_path: Path, method: str
+) -> None:
+    result = run_file(
+        tmp_path,
+        APP
+        + """
+if __name__ == "__main__":
+    multiprocessing.set_start_method(sys.argv[2])
+    process = Cruncher(name="subclassed")
+    process.start()
+    process.join()
+    print(process.exitcode)
+""",
+        capture_server.url,
+        method,
+    )
+    assert result.returncode == 0, result.stderr[-5000:]
+    assert result.stdout.strip() == "1"
+    assert "LookupError: uncaught in a Process subclass" in result.stderr
+    events = capture_server.wait_for_events(2, timeout=3)
+    assert len(events) == 1
+    props = events[0]["properties"]
+    assert props["$exception_source"] == "python.multiprocessing"
+    assert props["process_name"] == "subclassed"
+    assert props["$exception_list"][0]["stacktrace"]["frames"][-1]["function"] == "run"
