@@ -434,8 +434,9 @@ def exception_value(exc: BaseException, limit: int) -> str:
     return cut_text("\n".join(parts), limit)
 
 
-def _safe_str(value: object, what: str, func: Callable[[object], str]) -> str:
-    """``func(value)`` as a plain str, or traceback's own placeholder when it raises."""
+def _plain_str(func: Callable[[object], object], value: object) -> str | None:
+    """``func(value)`` as a plain ``str`` (a subclass never has one of its methods run), or
+    None when it raises or returns something else."""
     try:
         text = func(value)
         if type(text) is str:
@@ -444,7 +445,13 @@ def _safe_str(value: object, what: str, func: Callable[[object], str]) -> str:
             return str.__str__(text)
     except Exception:
         pass
-    return f"<{what} {func.__name__}() failed>"
+    return None
+
+
+def _safe_str(value: object, what: str, func: Callable[[object], str]) -> str:
+    """``func(value)`` as a plain str, or traceback's own placeholder when it raises."""
+    text = _plain_str(func, value)
+    return f"<{what} {func.__name__}() failed>" if text is None else text
 
 
 def exception_message(exc: BaseException) -> str:
@@ -460,15 +467,13 @@ def exception_message(exc: BaseException) -> str:
     """
     try:
         group_message = _group_message(exc)
-        if group_message is not None:
-            return group_message
-        text = str(exc)
-        if type(text) is str:
-            return text
-        if isinstance(text, str):
-            return str.__str__(text)
     except Exception:
-        pass
+        group_message = None
+    if group_message is not None:
+        return group_message
+    text = _plain_str(str, exc)
+    if text is not None:
+        return text
     try:
         return f"<exception str() failed: {object.__repr__(exc)}>"
     except Exception:
