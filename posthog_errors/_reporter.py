@@ -484,8 +484,10 @@ class Reporter:
         client = snapshot.client
         if not _fits_client(event, bound, client):
             STATS.add("dropped")
-            logger.warning(
-                "dropped an $exception event over the posthog client's size limit (%d bytes)",
+            warn_once(
+                "event over the client's limit",
+                "dropped an $exception event over the posthog client's size limit (%d bytes); "
+                "later ones are counted in stats()['dropped'] without a word",
                 _client_limit(client),
             )
             return None, False
