@@ -5,10 +5,27 @@ real ``posthog`` client at something local and inspect the exact JSON it posts,
 without network access or a PostHog account. It is stdlib-only on purpose: it
 ships inside the library and must not drag in a web framework.
 
+It speaks both of PostHog's capture protocols, as the real ingestion checks them:
+
+- **v0**, ``POST /batch/`` (and posthog-js's paths): ``{"api_key", "batch": [...]}``;
+  answered ``{"status": 1}``.
+- **v1**, ``POST /i/v1/analytics/events`` (posthog-python's ``capture_mode="v1"``, the
+  only mode of posthog-python 8): ``Authorization: Bearer <key>`` and a
+  ``PostHog-Sdk-Info`` header are required, the body is ``{"created_at", "batch"}``, each
+  event carries a typed ``options`` object and top-level ``session_id``/``window_id``. A
+  wrong type anywhere fails the whole batch (400), as PostHog's does. A 2xx answer carries
+  a per-event ``results`` map (``ok``, ``warning``, ``drop``, ``retry``).
+
+:attr:`CaptureServer.events` holds every accepted event **as PostHog's ingestion reads it**,
+whichever protocol carried it: for v1 that means ``session_id``, ``window_id`` and
+``options`` back under their ``$`` property names, and ``$lib``/``$lib_version`` from the
+``PostHog-Sdk-Info`` header, so one assertion holds for both modes. The bytes that crossed
+the wire stay in :attr:`CaptureServer.requests`.
+
 Only ``127.0.0.1`` is ever bound: this is a debugging aid, not something to
 expose. :class:`Fault` lets tests make the server misbehave (error statuses,
-``Retry-After``, hangs, slow bodies, dropped connections) to prove the library
-copes with a sick ingestion endpoint.
+``Retry-After``, hangs, slow bodies, dropped connections, and v1 per-event verdicts) to
+prove the library copes with a sick ingestion endpoint.
 """
 
 from __future__ import annotations
@@ -24,7 +41,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from posthog_errors._loopback import LoopbackServer, QuietHandler
 
-__all__ = ["CaptureServer", "Fault", "ReceivedRequest"]
+__all__ = ["V1_PATH", "VERDICTS", "CaptureServer", "Fault", "ReceivedRequest"]
 
 # PostHog's own ingestion limit; anything bigger is left unread and answered 400.
 _MAX_BODY = 20 * 1024 * 1024
@@ -35,8 +52,21 @@ _FLAGS_BODY = {
     "featureFlagPayloads": {},
     "errorsWhileComputingFlags": False,
 }
-# "results" keeps capture-v1 clients happy (absent uuids count as accepted).
-_OK_BODY = {"status": 1, "results": {}}
+_OK_BODY = {"status": 1}
+V1_PATH = "/i/v1/analytics/events"
+# Per-event verdicts a v1 answer may carry; events answered ok or warning are accepted.
+VERDICTS = ("ok", "warning", "drop", "retry")
+_ACCEPTED = ("ok", "warning")
+# v1 ``options`` and the type PostHog's capture requires of each (a wrong one fails the
+# batch), with the property name ingestion gives it.
+_V1_OPTIONS: dict[str, tuple[type, str]] = {
+    "process_person_profile": (bool, "$process_person_profile"),
+    "cookieless_mode": (bool, "$cookieless_mode"),
+    "disable_skew_correction": (bool, "$ignore_sent_at"),
+    "product_tour_id": (str, "$product_tour_id"),
+}
+_V1_TOP_LEVEL = {"session_id": "$session_id", "window_id": "$window_id"}
+_V1_REQUIRED: dict[str, type] = {"event": str, "uuid": str, "distinct_id": str, "timestamp": str}
 _FLAG_PREFIXES = ("/flags", "/decide")
 _CORS = {
     "Access-Control-Allow-Origin": "*",
@@ -54,6 +84,19 @@ class Fault:
     hang: bool = False  # read the request, never answer (until the server stops)
     drip_seconds: float = 0.0  # >0: answer 200, body one byte at a time, this long apart
     close: bool = False  # read the request and close the socket without any answer
+    # v1 only: the verdict every event gets in a 2xx answer ("drop", "retry", "warning")...
+    verdict: str = "ok"
+    # ...for the first this many attempts of a request (its PostHog-Attempt); 0: every one
+    verdict_attempts: int = 0
+
+    def __post_init__(self) -> None:
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
+
+    def verdict_for(self, attempt: int) -> str:
+        if self.verdict_attempts and attempt > self.verdict_attempts:
+            return "ok"
+        return self.verdict
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +107,12 @@ class ReceivedRequest:
     headers: dict[str, str]
     status: int  # what the server answered (0 if it never answered)
     body: Any  # decoded JSON (after gzip), or None if undecodable
+    results: dict[str, str] | None = None  # v1: the verdict answered for each event uuid
+
+    @property
+    def capture_mode(self) -> str:
+        """``"v1"`` for PostHog's v1 endpoint, ``"v0"`` for every other capture path."""
+        return "v1" if self.path == V1_PATH else "v0"
 
 
 def _decode(raw: bytes, encoding: str) -> Any:
@@ -89,6 +138,62 @@ def _events_of(body: Any) -> list[dict[str, Any]] | None:
     if not isinstance(body, list):
         return None
     return [e for e in body if isinstance(e, dict)]
+
+
+def _v1_problem(headers: dict[str, str], body: Any) -> tuple[int, str] | None:
+    """Why PostHog's v1 capture would refuse the whole request, or None: (status, reason)."""
+    lowered = {name.lower(): value for name, value in headers.items()}
+    auth = lowered.get("authorization", "")
+    if not auth.startswith("Bearer ") or not auth[len("Bearer ") :].strip():
+        return 401, "missing Bearer token"
+    if not lowered.get("posthog-sdk-info"):
+        return 400, "missing PostHog-Sdk-Info header"
+    if not isinstance(body, dict) or not isinstance(body.get("batch"), list):
+        return 400, "body is not {created_at, batch: [...]}"
+    if not isinstance(body.get("created_at"), str):
+        return 400, "created_at must be a string"
+    for index, event in enumerate(body["batch"]):
+        problem = _v1_event_problem(event)
+        if problem:
+            return 400, f"batch[{index}]: {problem}"
+    return None
+
+
+def _v1_event_problem(event: Any) -> str | None:
+    if not isinstance(event, dict):
+        return "not an object"
+    for key, kind in _V1_REQUIRED.items():
+        if not isinstance(event.get(key), kind):
+            return f"{key} must be a {kind.__name__}"
+    if not isinstance(event.get("properties"), dict):
+        return "properties must be an object"
+    options = event.get("options", {})
+    if not isinstance(options, dict):
+        return "options must be an object"
+    for name, value in options.items():
+        kind = _V1_OPTIONS.get(name, (object, ""))[0]
+        if not isinstance(value, kind):
+            return f"options.{name} must be a {kind.__name__}"
+    for name in _V1_TOP_LEVEL:
+        if name in event and not isinstance(event[name], str):
+            return f"{name} must be a string"
+    return None
+
+
+def _as_ingested(event: dict[str, Any], sdk_info: str) -> dict[str, Any]:
+    """A v1 event as PostHog's ingestion reads it: the properties a v0 event would carry."""
+    properties = dict(event["properties"])
+    for name, prop in _V1_TOP_LEVEL.items():
+        if name in event:
+            properties[prop] = event[name]
+    for name, value in event.get("options", {}).items():
+        properties[_V1_OPTIONS.get(name, (object, f"${name}"))[1]] = value
+    lib, _, version = sdk_info.partition("/")
+    properties.setdefault("$lib", lib)
+    if version:
+        properties.setdefault("$lib_version", version)
+    keys = ("event", "uuid", "distinct_id", "timestamp")
+    return {**{key: event[key] for key in keys}, "properties": properties}
 
 
 class _Handler(QuietHandler):
@@ -152,9 +257,16 @@ class _Handler(QuietHandler):
                 owner._stopping.wait()  # released by stop(), so stopping stays prompt
             self.close_connection = True
             return
+        if url.path == V1_PATH:
+            self._answer_v1(headers, body, fault)
+            return
         if events is None:
             owner._record(ReceivedRequest(url.path, headers, 400, body), [])
             self._answer(400, {"detail": "malformed capture body"})
+            return
+        if url.path == "/batch/" and isinstance(body, dict) and not body.get("api_key"):
+            owner._record(ReceivedRequest(url.path, headers, 401, body), [])
+            self._answer(401, {"detail": "no api_key in the batch"})
             return
         status = 200 if fault.drip_seconds > 0 else fault.status
         extra = {} if fault.retry_after is None else {"Retry-After": _seconds(fault.retry_after)}
@@ -164,6 +276,35 @@ class _Handler(QuietHandler):
         )
         payload = _OK_BODY if 200 <= status < 300 else {"detail": f"fault injected: {status}"}
         self._answer(status, payload, extra, fault.drip_seconds)
+
+    def _answer_v1(self, headers: dict[str, str], body: Any, fault: Fault) -> None:
+        owner = self.capture
+        extra = {} if fault.retry_after is None else {"Retry-After": _seconds(fault.retry_after)}
+        status = 200 if fault.drip_seconds > 0 else fault.status
+        problem = _v1_problem(headers, body)
+        if problem is not None:
+            status, reason = problem
+            owner._record(ReceivedRequest(V1_PATH, headers, status, body), [])
+            self._answer(status, {"type": "validation_error", "error": reason}, extra)
+            return
+        if not 200 <= status < 300:
+            owner._record(ReceivedRequest(V1_PATH, headers, status, body), [])
+            self._answer(status, {"error": f"fault injected: {status}"}, extra)
+            return
+        try:
+            attempt = int(self.headers.get("PostHog-Attempt", "1"))
+        except ValueError:
+            attempt = 1
+        verdict = fault.verdict_for(attempt)
+        sdk_info = self.headers.get("PostHog-Sdk-Info", "")
+        results = {event["uuid"]: verdict for event in body["batch"]}
+        accepted = []
+        if verdict in _ACCEPTED:
+            accepted = [_as_ingested(event, sdk_info) for event in body["batch"]]
+        owner._record(ReceivedRequest(V1_PATH, headers, status, body, results), accepted)
+        detail = {"details": f"fault injected: {verdict}"} if verdict != "ok" else {}
+        answer = {"results": {uuid: {"result": verdict, **detail} for uuid in results}}
+        self._answer(status, answer, extra, fault.drip_seconds)
 
     def _read_body(self) -> bytes:
         """Honour Content-Length; missing, bad or oversized reads nothing (so: malformed)."""

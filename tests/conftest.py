@@ -21,6 +21,9 @@ from posthog_errors.capture_server import CaptureServer
 from tests.conformance import assert_event_conforms
 
 API_KEY = "phc_test_key"
+# The posthog client reads POSTHOG_CAPTURE_MODE itself (and child processes inherit it):
+# the whole suite runs against either protocol; CI runs it in both.
+CAPTURE_MODE = os.environ.get("POSTHOG_CAPTURE_MODE", "v0").strip().lower() or "v0"
 
 
 @pytest.fixture(autouse=True)
@@ -43,6 +46,8 @@ def _clean_library_state() -> Iterator[None]:
 def capture_server() -> Iterator[CaptureServer]:
     with CaptureServer() as server:
         yield server
+        refused = [r for r in server.requests if r.status in (400, 401)]
+        assert not refused, f"PostHog's capture would have refused: {refused!r}"
         for event in server.exception_events():
             props = event["properties"]
             if "$exception_source" in props or "$exception_handled" in props:

@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import posthog
 import pytest
 
-from posthog_errors.capture_server import CaptureServer, Fault
+from posthog_errors.capture_server import V1_PATH, CaptureServer, Fault
+from tests.conftest import CAPTURE_MODE
 
 API_KEY = "phc_test_capture_server"
 
 
 def make_client(server: CaptureServer, **kwargs: Any) -> posthog.Posthog:
     """The real client, sending each event at once and never retrying."""
-    return posthog.Posthog(
-        API_KEY, host=server.url, flush_at=1, flush_interval=0.05, max_retries=0, **kwargs
-    )
+    options: dict[str, Any] = {"flush_at": 1, "flush_interval": 0.05, "max_retries": 0}
+    return posthog.Posthog(API_KEY, host=server.url, **{**options, **kwargs})
 
 
 @pytest.fixture
@@ -52,9 +55,15 @@ def test_events_arrive_with_properties(gzip: bool) -> None:
 
     requests = server.requests
     assert requests, "the client posted nothing"
-    assert {r.path for r in requests} == {"/batch/"}
-    assert all(r.status == 200 and r.body["api_key"] == API_KEY for r in requests)
-    assert all((r.headers.get("Content-Encoding") == "gzip") is gzip for r in requests)
+    assert all(r.status == 200 and r.capture_mode == CAPTURE_MODE for r in requests)
+    if CAPTURE_MODE == "v0":
+        assert {r.path for r in requests} == {"/batch/"}
+        assert all(r.body["api_key"] == API_KEY for r in requests)
+        assert all((r.headers.get("Content-Encoding") == "gzip") is gzip for r in requests)
+    else:  # v1 compresses by capture_compression, not gzip=, and authenticates by header
+        assert {r.path for r in requests} == {V1_PATH}
+        assert all(r.headers["Authorization"] == f"Bearer {API_KEY}" for r in requests)
+        assert all("api_key" not in r.body for r in requests)
 
 
 def test_error_status_records_requests_but_no_events(server: CaptureServer) -> None:
@@ -126,3 +135,159 @@ def test_wait_for_events_times_out_with_what_it_has(server: CaptureServer) -> No
 
     server.clear()
     assert server.events == [] and server.request_count == 0
+
+
+# -- capture v1 (posthog-python's capture_mode="v1", the only mode of posthog-python 8) --
+
+
+def v1_client(server: CaptureServer, **kwargs: Any) -> posthog.Posthog:
+    return make_client(server, capture_mode="v1", **kwargs)
+
+
+def test_v1_events_cross_the_wire_in_v1_shape_and_read_as_ingested(
+    server: CaptureServer,
+) -> None:
+    client = v1_client(server)
+    try:
+        client.capture(
+            "$exception",
+            distinct_id="user-1",
+            properties={"$session_id": "s-1", "$window_id": "w-1", "n": 1},
+        )
+        client.capture("ping", distinct_id="anon", properties={"$process_person_profile": False})
+        assert client.flush() is not False
+    finally:
+        client.shutdown()
+
+    wire = [event for request in server.requests for event in request.body["batch"]]
+    assert [r.path for r in server.requests] == [V1_PATH] * len(server.requests)
+    first, second = wire
+    # On the wire: the session is top level, the person flag an option, no $lib.
+    assert (first["session_id"], first["window_id"]) == ("s-1", "w-1")
+    assert "$session_id" not in first["properties"] and "$lib" not in first["properties"]
+    assert second["options"] == {"process_person_profile": False}
+    assert all(r.results == {e["uuid"]: "ok" for e in r.body["batch"]} for r in server.requests)
+    headers = server.requests[0].headers
+    assert headers["PostHog-Sdk-Info"].startswith("posthog-python/")
+
+    # As ingestion reads them: the same properties a v0 event carries.
+    exception, ping = server.events
+    assert exception["properties"]["$session_id"] == "s-1"
+    assert exception["properties"]["$window_id"] == "w-1"
+    assert exception["properties"]["$lib"] == "posthog-python"
+    assert exception["properties"]["$lib_version"] == posthog.VERSION
+    assert ping["properties"]["$process_person_profile"] is False
+    assert exception["uuid"] == first["uuid"]
+
+
+@pytest.mark.parametrize(
+    ("verdict", "accepted"), [("ok", 1), ("warning", 1), ("drop", 0), ("retry", 0)]
+)
+def test_v1_verdicts_reach_the_client(server: CaptureServer, verdict: str, accepted: int) -> None:
+    server.set_fault(Fault(verdict=verdict))
+    errors: list[Exception] = []
+    client = v1_client(server, on_error=lambda exc, batch: errors.append(exc))
+    try:
+        uuid = client.capture("$exception", distinct_id="user-1")
+        client.flush()
+    finally:
+        client.shutdown()
+
+    assert len(server.events) == accepted
+    assert server.requests[0].results == {uuid: verdict}
+    if accepted:
+        assert errors == []
+        return
+    (error,) = errors
+    assert type(error).__name__ == "CaptureV1Error"
+    if verdict == "drop":
+        assert [uid for uid, _ in error.drops] == [uuid]  # type: ignore[attr-defined]
+    else:
+        assert error.retry_exhausted == [uuid]  # type: ignore[attr-defined]
+
+
+def test_v1_retry_verdict_for_the_first_attempt_then_accepted(server: CaptureServer) -> None:
+    server.set_fault(Fault(verdict="retry", verdict_attempts=1))
+    client = v1_client(server, max_retries=1)
+    try:
+        uuid = client.capture("$exception", distinct_id="user-1")
+        client.flush()
+    finally:
+        client.shutdown()
+
+    assert [r.headers["PostHog-Attempt"] for r in server.requests] == ["1", "2"]
+    assert [r.results for r in server.requests] == [{uuid: "retry"}, {uuid: "ok"}]
+    assert [e["uuid"] for e in server.events] == [uuid]
+
+
+def _post(server: CaptureServer, body: Any, headers: dict[str, str]) -> tuple[int, Any]:
+    request = urllib.request.Request(
+        server.url + V1_PATH,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", **headers},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            return answer.status, json.load(answer)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
+
+
+_GOOD_HEADERS = {"Authorization": "Bearer phc_x", "PostHog-Sdk-Info": "posthog-python/9.9.9"}
+_GOOD_EVENT = {
+    "event": "$exception",
+    "uuid": "0192e7c4-0000-4000-8000-000000000001",
+    "distinct_id": "u",
+    "timestamp": "2026-11-30T00:00:00+00:00",
+    "options": {},
+    "properties": {},
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "status"),
+    [
+        ({}, 200),
+        ({"headers": {"Authorization": ""}}, 401),
+        ({"headers": {"Authorization": "phc_x"}}, 401),
+        ({"headers": {"PostHog-Sdk-Info": ""}}, 400),
+        ({"event": {"options": {"process_person_profile": "false"}}}, 400),
+        ({"event": {"session_id": 5}}, 400),
+        ({"event": {"properties": None}}, 400),
+        ({"event": {"uuid": None}}, 400),
+        ({"body": {"created_at": None}}, 400),
+    ],
+)
+def test_v1_refuses_what_posthog_refuses(
+    server: CaptureServer, change: dict[str, Any], status: int
+) -> None:
+    headers = {**_GOOD_HEADERS, **change.get("headers", {})}
+    headers = {name: value for name, value in headers.items() if value}
+    event = {**_GOOD_EVENT, **change.get("event", {})}
+    body = {"created_at": "2026-11-30T00:00:00+00:00", "batch": [event], **change.get("body", {})}
+    answered, payload = _post(server, body, headers)
+    assert answered == status
+    if status == 200:
+        assert payload == {"results": {_GOOD_EVENT["uuid"]: {"result": "ok"}}}
+        assert len(server.events) == 1
+    else:
+        assert server.events == [] and server.requests[-1].status == status
+
+
+def test_v0_batch_without_an_api_key_is_refused(server: CaptureServer) -> None:
+    request = urllib.request.Request(
+        server.url + "/batch/",
+        data=json.dumps({"batch": [{"event": "x", "distinct_id": "u"}]}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=5)
+    assert refused.value.code == 401
+    assert server.events == []
+
+
+def test_fault_rejects_an_unknown_verdict() -> None:
+    with pytest.raises(ValueError, match="verdict"):
+        Fault(verdict="maybe")
