@@ -36,16 +36,21 @@ class Style:
 
 def render_event(event: dict[str, Any], style: Style, *, max_frames: int = 3) -> str:
     """One block: the exception, who and where from, then the innermost in-app frames of
-    each exception of the chain, with their code, like a traceback."""
+    each exception of the chain, with their code, like a traceback.
+
+    Who is the distinct ID, or "personless (no distinct id)" for an event sent with
+    ``$process_person_profile`` false; the session ID follows when the event has one. Both
+    are read from the properties alone, where the capture server puts them whichever
+    capture protocol carried the event."""
     props = event.get("properties") or {}
     exceptions = props.get("$exception_list") or [{}]
     root = exceptions[0]
     personless = props.get("$process_person_profile") is False
-    who = "(personless)" if personless else str(event.get("distinct_id"))
+    who = "personless (no distinct id)" if personless else f"distinct_id={event.get('distinct_id')}"
     lines = [
         style.bold(style.red(f"{root.get('type', '?')}: {root.get('value', '')}")),
         style.dim(
-            f"  level={props.get('$exception_level')}  distinct_id={who}  "
+            f"  level={props.get('$exception_level')}  {who}  "
             f"source={props.get('$exception_source')}  handled={props.get('$exception_handled')}"
         ),
     ]

@@ -81,10 +81,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def serve(port: int, *, as_json: bool = False, out: TextIO | None = None) -> int:
+    """Print every ``$exception`` an app sends to a local capture server, until Ctrl-C.
+
+    With ``as_json`` the events are the only thing on ``out`` (stdout), one JSON object a
+    line, so the output can be piped into ``jq`` and the like; the banner and the Ctrl-C
+    summary then go to stderr. Otherwise everything goes to ``out``, rendered for people.
+    """
     from posthog_errors.capture_server import CaptureServer
 
     stream = out or sys.stdout
     style = Style(stream)
+    # What is not an event: on the events' stream for people, out of the JSON lines' way.
+    notes = sys.stderr if as_json else stream
+    notes_style = Style(notes)
     counts: collections.Counter[str] = collections.Counter()
     others = 0
     lock = threading.Lock()
@@ -96,6 +105,7 @@ def serve(port: int, *, as_json: bool = False, out: TextIO | None = None) -> int
                 others += 1
                 return
             counts[fingerprint_of(event)] += 1
+            # json.dumps escapes newlines inside strings: one event, one line.
             text = json.dumps(event) if as_json else render_event(event, style) + "\n"
             stream.write(text + "\n")
             stream.flush()
@@ -107,22 +117,23 @@ def serve(port: int, *, as_json: bool = False, out: TextIO | None = None) -> int
         return 2
     signal.signal(signal.SIGTERM, _interrupt)
     with server:
-        stream.write(
-            style.bold(f"Listening on {server.url}") + "\n"
+        notes.write(
+            notes_style.bold(f"Listening on {server.url}") + "\n"
             f"Point an app at it: POSTHOG_HOST={server.url} (any API key). Ctrl-C to stop.\n\n"
         )
-        stream.flush()
+        notes.flush()
         try:
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt:
             pass
     with lock:
-        stream.write("\n" + style.bold(f"{sum(counts.values())} $exception events") + "\n")
-        for fingerprint, count in counts.most_common():
-            stream.write(f"  {count:>5}  {fingerprint}\n")
-        stream.write(f"{others} other events\n")
         stream.flush()
+        notes.write("\n" + notes_style.bold(f"{sum(counts.values())} $exception events") + "\n")
+        for fingerprint, count in counts.most_common():
+            notes.write(f"  {count:>5}  {fingerprint}\n")
+        notes.write(f"{others} other events\n")
+        notes.flush()
     return 0
 
 

@@ -76,8 +76,12 @@ def crash_in_child() -> None:
 # -- the doors ---------------------------------------------------------------------
 
 
+# A browser session, as posthog-js would send it in X-POSTHOG-SESSION-ID.
+DEMO_SESSION_ID = "01932f5e-9c1a-7b3d-8e2f-4a5b6c7d8e9f"
+
+
 def _logging_door() -> None:
-    with posthog_errors.bind("user_42", properties={"plan": "pro"}):
+    with posthog_errors.bind("user_42", session_id=DEMO_SESSION_ID, properties={"plan": "pro"}):
         try:
             checkout({"id": "A-1001", "amount": 250})
         except PaymentError:

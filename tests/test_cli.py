@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from posthog_errors._render import Style
+from posthog_errors._render import Style, render_event
 from posthog_errors.capture_server import CaptureServer
 from tests.conformance import assert_event_conforms
 from tests.sentry_server import SentryServer
@@ -61,48 +61,157 @@ def test_every_command_has_help(command: list[str]) -> None:
     assert "usage: posthog-errors" in result.stdout
 
 
-def test_serve_prints_what_an_app_sends_and_a_summary_on_ctrl_c() -> None:
+def serve_while(app: str, *flags: str, **env: str) -> tuple[int, str, str]:
+    """Run ``posthog-errors serve`` (with ``flags``), run the Python ``app`` against it, then
+    Ctrl-C the server: (its exit code, stdout, stderr). The banner, and so the URL, is on
+    stdout for people and on stderr with ``--json``."""
     serve = subprocess.Popen(
-        [*CLI, "serve", "--port", "0"],
+        [*CLI, "serve", "--port", "0", *flags],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=clean_env(),
     )
+    banner = ""
     try:
-        assert serve.stdout is not None
-        first = serve.stdout.readline()
-        url = first.split("Listening on ")[1].strip()
-        app = textwrap.dedent(
-            """
-            import os, posthog, posthog_errors
-            analytics = posthog.Posthog("phc_any", host=os.environ["POSTHOG_HOST"])
-            analytics.capture("signed_up", distinct_id="u1")   # not an error: counted only
-            analytics.flush()
-            posthog_errors.install()            # key and host from the environment
-            posthog_errors.set_distinct_id("served-user")
-            def handler():
-                raise RuntimeError("served to the terminal")
-            handler()
-            """
-        )
-        crashed = subprocess.run(
-            [sys.executable, "-c", app],
+        assert serve.stdout is not None and serve.stderr is not None
+        banner = (serve.stderr if "--json" in flags else serve.stdout).readline()
+        url = banner.split("Listening on ")[1].strip()
+        ran = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(app)],
             capture_output=True,
             text=True,
             timeout=60,
-            env=clean_env(POSTHOG_HOST=url, POSTHOG_API_KEY="phc_any"),
+            env=clean_env(POSTHOG_HOST=url, POSTHOG_API_KEY="phc_any", **env),
         )
-        assert crashed.returncode == 1
+        assert ran.returncode in (0, 1), ran.stderr
     finally:
         serve.send_signal(signal.SIGINT)
-        output, errors = serve.communicate(timeout=30)
-    assert serve.returncode == 0, errors
+        serve.wait(timeout=30)
+    # Not communicate(): it would skip what readline() has already buffered. Both outputs
+    # are a few kB, far below a pipe's capacity, so the server never blocked on them.
+    output, errors = serve.stdout.read(), serve.stderr.read()
+    if "--json" in flags:
+        errors = banner + errors
+    else:
+        output = banner + output
+    return serve.returncode, output, errors
+
+
+def test_serve_prints_what_an_app_sends_and_a_summary_on_ctrl_c() -> None:
+    app = """
+        import os, posthog, posthog_errors
+        analytics = posthog.Posthog("phc_any", host=os.environ["POSTHOG_HOST"])
+        analytics.capture("signed_up", distinct_id="u1")   # not an error: counted only
+        analytics.flush()
+        posthog_errors.install()            # key and host from the environment
+        posthog_errors.set_distinct_id("served-user")
+        def handler():
+            raise RuntimeError("served to the terminal")
+        handler()
+        """
+    returncode, output, errors = serve_while(app)
+    assert returncode == 0, errors
+    assert output.startswith("Listening on http://127.0.0.1:")
     assert "RuntimeError: served to the terminal" in output
     assert "distinct_id=served-user" in output
     assert "in handler" in output
     assert "1 $exception events" in output
     assert "1 other events" in output
+
+
+# One event with a person and a session, one personless (captured with no distinct ID),
+# and one analytics event that serve only counts.
+SESSION_APP = """
+    import os, posthog, posthog_errors
+    analytics = posthog.Posthog("phc_any", host=os.environ["POSTHOG_HOST"])
+    analytics.capture("signed_up", distinct_id="u1")
+    analytics.flush()
+    posthog_errors.install()
+    with posthog_errors.bind("served-user", session_id="served-session-1"):
+        try:
+            raise RuntimeError("in a session")
+        except RuntimeError as error:
+            posthog_errors.capture_exception(error)
+    try:
+        raise ValueError("nobody's")
+    except ValueError as error:
+        posthog_errors.capture_exception(error)
+    assert posthog_errors.flush(15)
+    """
+
+
+@pytest.mark.parametrize("capture_mode", ["v0", "v1"])
+def test_serve_shows_each_events_session_and_whether_it_is_personless(capture_mode: str) -> None:
+    returncode, output, errors = serve_while(SESSION_APP, POSTHOG_CAPTURE_MODE=capture_mode)
+    assert returncode == 0, errors
+    blocks = {block.splitlines()[0]: block for block in output.split("\n\n") if block.strip()}
+    in_session = blocks["RuntimeError: in a session"]
+    assert "distinct_id=served-user" in in_session
+    assert "session_id=served-session-1" in in_session
+    assert "personless" not in in_session
+    personless = blocks["ValueError: nobody's"]
+    assert "personless (no distinct id)" in personless
+    assert "distinct_id=" not in personless
+    assert "session_id=" not in personless
+    assert "2 $exception events" in output
+
+
+@pytest.mark.parametrize("capture_mode", ["v0", "v1"])
+def test_serve_json_keeps_stdout_to_one_json_event_per_line(capture_mode: str) -> None:
+    returncode, output, errors = serve_while(
+        SESSION_APP, "--json", POSTHOG_CAPTURE_MODE=capture_mode
+    )
+    assert returncode == 0, errors
+    events = [json.loads(line) for line in output.splitlines()]  # every line, nothing else
+    assert output.endswith("\n")
+    assert len(events) == 2
+    for event in events:
+        assert event["event"] == "$exception"
+        assert_event_conforms(event)
+    by_value = {e["properties"]["$exception_list"][0]["value"]: e for e in events}
+    assert by_value["in a session"]["properties"]["$session_id"] == "served-session-1"
+    assert by_value["nobody's"]["properties"]["$process_person_profile"] is False
+    # The banner and the Ctrl-C summary, out of the JSON's way.
+    assert errors.startswith("Listening on http://127.0.0.1:")
+    assert "2 $exception events" in errors
+    assert "1 other events" in errors
+    assert "\033[" not in output + errors  # not a terminal: no colour
+
+
+def test_render_event_shows_the_session_and_a_personless_event() -> None:
+    style = Style(io.StringIO())
+    frames = {"frames": [{"filename": "app.py", "lineno": 3, "function": "f", "in_app": True}]}
+    exception = {"type": "KeyError", "value": "'sku'", "stacktrace": frames}
+    in_session = render_event(
+        {
+            "event": "$exception",
+            "distinct_id": "user_1",
+            "properties": {"$exception_list": [exception], "$session_id": "sess-42"},
+        },
+        style,
+    )
+    assert "distinct_id=user_1" in in_session
+    assert "session_id=sess-42" in in_session
+    assert "personless" not in in_session
+    personless = render_event(
+        {
+            "event": "$exception",
+            "distinct_id": "0193a1b2-random-uuid",
+            "properties": {"$exception_list": [exception], "$process_person_profile": False},
+        },
+        style,
+    )
+    assert "personless (no distinct id)" in personless
+    assert "0193a1b2-random-uuid" not in personless
+    assert "session_id=" not in personless
+
+
+def test_demo_shows_sessions_and_personless_events() -> None:
+    result = run_cli("demo", env=clean_env())
+    assert result.returncode == 0, result.stderr
+    assert "session_id=01932f5e-9c1a-7b3d-8e2f-4a5b6c7d8e9f" in result.stdout  # logging door
+    assert "personless (no distinct id)" in result.stdout  # the manual capture, no ID
 
 
 def test_test_command_without_a_key_explains_in_one_line() -> None:

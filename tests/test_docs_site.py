@@ -3,6 +3,7 @@ generated from the code by mkdocstrings, documents every public name of the API.
 
 from __future__ import annotations
 
+import html
 import os
 import re
 import subprocess
@@ -73,3 +74,18 @@ def test_the_reference_leaves_private_names_out(site: Path) -> None:
     assert anchors
     private = [anchor for anchor in anchors if re.search(r"\._", anchor)]
     assert private == []
+
+
+# Names with a leading underscore that are someone else's public API, not ours.
+NOT_OURS = {"__add_tracing_headers"}  # posthog-js's option that sends the tracing headers
+
+
+def test_the_reference_text_names_nothing_private(site: Path) -> None:
+    """Not in a heading, a signature (a default such as ``_rate_limit.DEFAULT_BURST``), a
+    link or a tooltip: the reader sees only names they may use."""
+    html_text = (site / "reference" / "index.html").read_text(encoding="utf-8")
+    assert "posthog_errors._" not in html_text  # no anchor, link or title into internals
+    article = html_text[html_text.index("<article") : html_text.index("</article>")]
+    text = html.unescape(re.sub(r"<[^>]+>", "", article))
+    private = set(re.findall(r"(?<![\w.])_{1,2}[A-Za-z]\w*", text)) - NOT_OURS
+    assert private == set(), f"private names in the reference: {sorted(private)}"
