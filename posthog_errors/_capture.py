@@ -65,13 +65,19 @@ def flush(timeout: float | None = 5.0) -> bool:
     """Send everything captured so far; True if it all went out within ``timeout`` seconds.
 
     "Went out" means handed to the posthog client and drained from its queue, with no
-    upload reported failed by the client since the last flush.
+    upload reported failed by the client since the last flush (with capture v1, no event of
+    ours that PostHog answered ``drop`` for, or that ran out of retries).
     """
     return worker().flush(timeout)
 
 
 def stats() -> dict[str, int]:
     """Counters since start: captured, sent, deduplicated, rate_limited, filtered, dropped,
-    internal_errors, invalid_input. After a flush, captured equals the sum of the outcomes
-    sent + deduplicated + rate_limited + filtered + dropped."""
+    rejected, undelivered, internal_errors, invalid_input.
+
+    After a flush, captured equals the sum of the outcomes sent + deduplicated +
+    rate_limited + filtered + dropped + rejected + undelivered. ``sent`` is handed to the
+    posthog client and not reported lost since: an event the client's ``on_error`` reports
+    refused by PostHog (with capture v1, per event) moves to ``rejected``, one it gave up
+    sending to ``undelivered``."""
     return STATS.snapshot()

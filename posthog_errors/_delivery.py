@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from posthog_errors import _guard
+from posthog_errors import _guard, _receipts
 from posthog_errors._snapshot import EventSnapshot
 from posthog_errors._stats import STATS
 
@@ -71,6 +71,12 @@ class UploadFailureWatch(logging.Filter):
 _UPLOADS = UploadFailureWatch()
 
 
+def upload_failures() -> int:
+    """Failed uploads so far: those the posthog clients logged, and events of ours their
+    ``on_error`` reported lost (see :mod:`posthog_errors._receipts`)."""
+    return _UPLOADS.failures + _receipts.failures()
+
+
 class _FlushMarker:
     """Put in the queue by ``flush()``; the worker answers on ``done`` when it gets there."""
 
@@ -102,7 +108,7 @@ class DeliveryWorker:
         self._exited = False  # the exit flush ran: flush each later capture at once
         self._late_deadline: float | None = None  # ...until this time.monotonic()
         self._pool_worker = False
-        self._failures_seen = _UPLOADS.failures
+        self._failures_seen = upload_failures()
 
     # -- caller's thread -------------------------------------------------------------
 
@@ -149,7 +155,9 @@ class DeliveryWorker:
         """Wait for every snapshot submitted so far, then flush the clients they used.
 
         Returns True when both drained within ``timeout`` seconds (None waits for ever) and
-        no upload failed since the last flush.
+        no upload failed since the last flush: none that a client logged, and no event of
+        ours that a client's ``on_error`` reported lost (capture v1 also reports events
+        PostHog answered ``drop`` for).
         """
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
         work, thread = self._queue, self._thread
@@ -165,7 +173,7 @@ class DeliveryWorker:
             if not self._wait_for(marker, thread, deadline):
                 return False
         drained = self._flush_clients(deadline)
-        failures = _UPLOADS.failures
+        failures = upload_failures()
         no_new_failures = failures == self._failures_seen
         self._failures_seen = failures
         return drained and no_new_failures

@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any
 
-from posthog_errors import _context, _dedupe, _extensions, _guard, _rate_limit
+from posthog_errors import _context, _dedupe, _extensions, _guard, _rate_limit, _receipts
 from posthog_errors._client import ClientSource
 from posthog_errors._conform import (
     bad_input,
@@ -491,6 +491,9 @@ class Reporter:
                 _client_limit(client),
             )
             return None, False
+        ledger = _receipts.watch(client)  # what becomes of it after capture() returns
+        if ledger is not None:
+            ledger.add(event["uuid"])
         try:
             accepted = client.capture(
                 "$exception",
@@ -503,6 +506,10 @@ class Reporter:
             logger.warning("the posthog client raised while capturing an event", exc_info=True)
             accepted = None
         # capture() returns the uuid once queued, None when it refused the event.
+        if ledger is not None and accepted != event["uuid"]:
+            ledger.pending.pop(event["uuid"], None)  # refused, or renamed by its before_send
+            if isinstance(accepted, str):
+                ledger.add(accepted)
         STATS.add("sent" if accepted is not None else "dropped")
         return client, accepted is not None
 

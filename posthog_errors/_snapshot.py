@@ -527,9 +527,16 @@ def _no_app_frames(frames: tuple[FrameRef, ...]) -> bool:
     return all(_is_own_module(module) for _, _, module in frames)
 
 
+# The sample app of ``posthog-errors demo`` and the exception ``posthog-errors test`` raises
+# are app code that happens to ship in this package: their frames are the story to tell.
+_OWN_SAMPLE_APPS = (f"{_OWN_PACKAGE}.demo", f"{_OWN_PACKAGE}.cli")
+
+
 def _is_own_module(module: object) -> bool:
-    return isinstance(module, str) and (
-        module == _OWN_PACKAGE or module.startswith(_OWN_PACKAGE + ".")
+    return (
+        isinstance(module, str)
+        and (module == _OWN_PACKAGE or module.startswith(_OWN_PACKAGE + "."))
+        and module not in _OWN_SAMPLE_APPS
     )
 
 

@@ -4,10 +4,15 @@ Every exception that reaches an entry point is counted once as ``captured`` and,
 left the pipeline, once more under exactly one outcome, so that after a flush::
 
     captured == sent + deduplicated + rate_limited + filtered + dropped
+                + rejected + undelivered
 
 ``dropped`` covers every loss that is not a decision (queue full, no client, an internal
-error while building). ``internal_errors`` counts the library's own bugs that the guard
-swallowed; ``invalid_input`` counts run-time bad input that was given a safe fallback.
+error while building). ``rejected`` and ``undelivered`` are events the posthog client took
+and then reported lost: PostHog refused them (capture v1's per-event ``drop``, or a refused
+request), or the client gave up on retries or the network. They were counted ``sent`` when
+handed over and leave ``sent`` when the report comes, so ``sent`` never includes an event
+known lost. ``internal_errors`` counts the library's own bugs that the guard swallowed;
+``invalid_input`` counts run-time bad input that was given a safe fallback.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ COUNTER_NAMES = (
     "rate_limited",
     "filtered",
     "dropped",
+    "rejected",
+    "undelivered",
     "internal_errors",
     "invalid_input",
 )
@@ -48,7 +55,10 @@ class Stats:
 
     def snapshot(self) -> dict[str, int]:
         counters = self._counters
-        return {name: _value(counter) for name, counter in counters.items()}
+        values = {name: _value(counter) for name, counter in counters.items()}
+        # "sent" counts hand-overs; the lost ones reported since leave it here.
+        values["sent"] = max(0, values["sent"] - values["rejected"] - values["undelivered"])
+        return values
 
     def reset(self) -> None:
         self._counters = {name: itertools.count() for name in COUNTER_NAMES}

@@ -15,7 +15,7 @@ import posthog
 import pytest
 
 from posthog_errors import _guard, _rate_limit, _reporter
-from posthog_errors._delivery import _UPLOADS, worker
+from posthog_errors._delivery import upload_failures, worker
 from posthog_errors._stats import STATS
 from posthog_errors.capture_server import CaptureServer
 from tests.conformance import assert_event_conforms
@@ -32,7 +32,7 @@ def _clean_library_state() -> Iterator[None]:
     # An upload that an earlier test's client failed after that test ended is not this
     # test's: flush() reports failures since the last flush, process-wide.
     delivery = worker()
-    delivery._failures_seen = _UPLOADS.failures
+    delivery._failures_seen = upload_failures()
     _rate_limit.configure((_rate_limit.DEFAULT_BURST, _rate_limit.DEFAULT_PER_SECOND))
     previous = _reporter.set_default_reporter(None)
     failures = _guard.strict_failures()

@@ -47,7 +47,9 @@ def failing_url(request: pytest.FixtureRequest) -> Iterator[str]:
         yield server.url
 
 
-def test_logging_never_blocks_and_every_capture_is_accounted_for(failing_url: str) -> None:
+def test_logging_never_blocks_and_every_capture_is_accounted_for(
+    failing_url: str, request: pytest.FixtureRequest
+) -> None:
     client = make_client_for(failing_url)
     logger = logging.getLogger("test.faults")
     logger.handlers = [PostHogHandler(reporter=Reporter(client))]
@@ -73,8 +75,16 @@ def test_logging_never_blocks_and_every_capture_is_accounted_for(failing_url: st
     assert flush_took < 5.0
     assert flushed is False  # nothing went out, and flush says so
     counts = posthog_errors.stats()
-    outcomes = ("sent", "deduplicated", "rate_limited", "filtered", "dropped")
+    outcomes = ("sent", "deduplicated", "rate_limited", "filtered", "dropped", "rejected",
+                "undelivered")  # fmt: skip
     assert counts["captured"] == 60 == sum(counts[name] for name in outcomes)
+    if request.node.callspec.params["failing_url"] in (
+        "http-500",
+        "http-413",
+        "connection-refused",
+    ):
+        # Answered at once: the client reported them lost, so they are no longer "sent".
+        assert counts["rejected"] + counts["undelivered"] > 0
 
 
 def make_client_for(url: str):  # type: ignore[no-untyped-def]
