@@ -8,19 +8,21 @@ answering ``retry`` until the client gives up (:class:`posthog.capture_v1.Captur
 names those uuids).
 
 So the first time an event goes to a client, :func:`watch` puts a :class:`_Receipt` in
-front of the ``on_error`` of each of its lanes and their consumers. It counts the events
+front of the ``on_error`` of its analytics lane (where ``capture()`` queues events) and of
+that lane's consumers, which copy the lane's callback when they start. It counts the events
 of ours that the error names, then calls the callback it replaced, the user's own, with
 the same arguments: the user's ``on_error`` keeps working, and an exception from it goes
 where it went before (the client logs it).
 
-Only our events are counted: each lane's :class:`_Ledger` holds the uuids of the events
+Only our events are counted: the lane's :class:`_Ledger` holds the uuids of the events
 we handed to it that may still fail. It stays small without a timer: when a lane's queue
 has no unfinished work, every event handed to it before has had its answer, so the ledger
 is emptied before the next one goes in. It never holds more than ``LEDGER_LIMIT`` uuids.
 
-This reads the client's private ``_lanes`` and, on each lane, ``on_error``,
-``consumers`` and ``queue``. :func:`missing_internals` names whatever of that a client
-lacks; a client without it still works, with ``sent`` meaning "handed over" (said once).
+This reads the client's private ``_analytics_lane`` and its ``on_error``, ``consumers``
+and ``queue``. :func:`missing_internals` names whatever posthog-errors reads of a client
+that it lacks; a client without it still works, with ``sent`` meaning "handed over" (said
+once).
 """
 
 from __future__ import annotations
@@ -123,46 +125,49 @@ def failures() -> int:
 
 
 def missing_internals(client: Any) -> list[str]:
-    """What of the client's private structure this module reads is missing (empty: all
+    """What of the client's private structure posthog-errors reads is missing (empty: all
     there). The test suite asserts it is empty for the installed posthog."""
+    missing = []
     lanes = getattr(client, "_lanes", None)
     if not isinstance(lanes, (list, tuple)) or not lanes:
-        return ["client._lanes"]
-    missing = []
-    for name in ("on_error", "consumers", "queue"):
-        if not all(hasattr(lane, name) for lane in lanes):
-            missing.append(f"lane.{name}")
-    if not all(hasattr(getattr(lane, "queue", None), "unfinished_tasks") for lane in lanes):
-        missing.append("lane.queue.unfinished_tasks")
+        missing.append("client._lanes")  # read by flush(): is anything still in flight?
+    lane = getattr(client, "_analytics_lane", None)
+    if lane is None:
+        return [*missing, "client._analytics_lane"]
+    for name in ("on_error", "consumers", "queue", "max_msg_size"):
+        if not hasattr(lane, name):
+            missing.append(f"client._analytics_lane.{name}")
+    if not hasattr(getattr(lane, "queue", None), "unfinished_tasks"):
+        missing.append("client._analytics_lane.queue.unfinished_tasks")
     return missing
 
 
 def watch(client: Any) -> _Ledger | None:
-    """Put a receipt in front of the client's ``on_error`` callbacks (once per lane and
-    consumer); the analytics lane's ledger, or None for a client we cannot watch."""
-    lanes = getattr(client, "_lanes", None)
-    if not lanes or missing_internals(client):
-        warn_once(
-            "client internals",
-            "this posthog client (%s) has no lanes posthog-errors knows: uploads that fail "
-            "after capture() are not counted, and stats()['sent'] means handed to the client",
-            type(client).__name__,
-        )
-        return None
-    analytics = getattr(client, "_analytics_lane", lanes[0])
-    ledger = None
-    for lane in lanes:
+    """Put a receipt in front of the ``on_error`` of the client's analytics lane (where
+    ``capture()`` puts events) and of each of its consumers, once; the lane's ledger, or
+    None for a client we cannot watch."""
+    try:
+        lane = client._analytics_lane
         receipt = lane.on_error
         if not isinstance(receipt, _Receipt):
+            if not hasattr(lane.queue, "unfinished_tasks"):
+                raise AttributeError("unfinished_tasks")
             receipt = lane.on_error = _Receipt(_Ledger(lane), receipt)
         for consumer in lane.consumers:
-            current = getattr(consumer, "on_error", None)
-            if isinstance(current, _Receipt):
+            current = consumer.on_error
+            if current is receipt or isinstance(current, _Receipt):
                 continue
             if current is receipt.replaced:
                 consumer.on_error = receipt
             else:  # a consumer given a callback of its own: keep it, behind the same ledger
                 consumer.on_error = _Receipt(receipt.ledger, current)
-        if lane is analytics:
-            ledger = receipt.ledger
-    return ledger
+        return receipt.ledger
+    except (AttributeError, TypeError):
+        warn_once(
+            "client internals",
+            "this posthog client (%s) lacks %s: uploads that fail after capture() are not "
+            "counted, and stats()['sent'] means handed to the client",
+            type(client).__name__,
+            ", ".join(missing_internals(client)) or "the lanes posthog-errors knows",
+        )
+        return None

@@ -40,9 +40,8 @@ def test_lanes_consumers_and_queues_are_where_receipts_read_them(
     client.capture("warm_up", distinct_id="u")  # lazy lanes start their consumers now
     assert _receipts.missing_internals(client) == []
     assert _receipts.watch(client) is not None
-    for lane in client._lanes:
-        for consumer in lane.consumers:
-            assert callable(consumer.on_error)  # ours, in front of the user's (None here)
+    for consumer in client._analytics_lane.consumers:
+        assert callable(consumer.on_error)  # ours, in front of the user's (None here)
     assert client.flush() is not False
 
 
@@ -82,3 +81,42 @@ def test_the_lazy_os_description_is_warmed_where_it_lives() -> None:
     from posthog.utils import system_context
 
     assert isinstance(system_context(), dict)
+
+
+def test_a_client_without_them_still_sends_and_says_so_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A client-like object with only the public API: events still go, with one warning
+    naming what is missing, and ``sent`` meaning handed over."""
+    import logging
+
+    import posthog_errors
+    from posthog_errors._reporter import Reporter, set_default_reporter
+
+    class PublicOnly:
+        def __init__(self) -> None:
+            self.captured: list[str] = []
+
+        def capture(self, event: str, **kwargs: object) -> object:
+            self.captured.append(str(kwargs["uuid"]))
+            return kwargs["uuid"]
+
+        def flush(self, timeout: float | None = None) -> None:
+            pass
+
+    from posthog_errors._conform import reset_warnings
+
+    reset_warnings()
+    client = PublicOnly()
+    assert _receipts.missing_internals(client) == ["client._lanes", "client._analytics_lane"]
+    set_default_reporter(Reporter(client))
+    with caplog.at_level(logging.WARNING, logger="posthog_errors"):
+        for message in ("one", "two"):
+            try:
+                raise ValueError(message)
+            except ValueError as exc:
+                posthog_errors.capture_exception(exc)
+        assert posthog_errors.flush(5)
+    assert len(client.captured) == 2 and posthog_errors.stats()["sent"] == 2
+    warnings = [r.getMessage() for r in caplog.records if "client._lanes" in r.getMessage()]
+    assert len(warnings) == 1 and "handed to the client" in warnings[0]

@@ -195,10 +195,11 @@ def test_receipts_are_chained_once_and_the_ledger_stays_small(
     assert ledger is not None
     ledger.add("0192e7c4-0000-4000-8000-00000000ffff")  # the lane is idle: earlier ones go
     assert list(ledger.pending) == ["0192e7c4-0000-4000-8000-00000000ffff"]
-    for lane in client._lanes:
-        assert isinstance(lane.on_error, _receipts._Receipt)
-        assert not isinstance(lane.on_error.replaced, _receipts._Receipt)  # not stacked
-        assert all(consumer.on_error is lane.on_error for consumer in lane.consumers)
+    lane = client._analytics_lane
+    assert isinstance(lane.on_error, _receipts._Receipt)
+    assert lane.on_error.ledger is ledger
+    assert not isinstance(lane.on_error.replaced, _receipts._Receipt)  # not stacked
+    assert lane.consumers and all(c.on_error is lane.on_error for c in lane.consumers)
 
 
 def test_the_ledger_is_bounded() -> None:
