@@ -56,6 +56,11 @@ class ClientSource:
         self._warned = False
         self._warned_callable = False
 
+    @property
+    def configured(self) -> Any:
+        """The ``client`` argument as given (a client, a callable, or None)."""
+        return self._client
+
     def resolve(self) -> Any:
         """The client for this event, or None (after one warning) when there is none."""
         client = self._client

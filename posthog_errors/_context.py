@@ -39,6 +39,7 @@ __all__ = [
 ]
 
 SENTRY_ID_TAG = "posthog_distinct_id"
+SENTRY_CONTEXT = "posthog"  # sentry_sdk.set_context("posthog", {SENTRY_ID_TAG: ...})
 _REMEMBERED_ATTR = "__posthog_errors_binding"
 
 P = ParamSpec("P")
@@ -227,6 +228,9 @@ def _from_sentry() -> tuple[str | None, str | None]:
     try:
         for scope in (sentry_sdk.get_current_scope(), sentry_sdk.get_isolation_scope()):
             value = scope._tags.get(SENTRY_ID_TAG)
+            if value is None:  # the seed's third way: set_context("posthog", {tag: id})
+                context = scope._contexts.get(SENTRY_CONTEXT)
+                value = context.get(SENTRY_ID_TAG) if isinstance(context, dict) else None
             if value is not None:
                 return _as_id(value), None
     except Exception:

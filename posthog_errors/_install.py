@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
-from posthog_errors import _hooks, _rate_limit, _reporter
+from posthog_errors import _extensions, _hooks, _rate_limit, _reporter
 from posthog_errors._client import warm_up_posthog
 from posthog_errors._delivery import worker
 from posthog_errors._reporter import BeforeSend, Reporter
@@ -176,6 +176,9 @@ def install(
         if handler is not None:
             _warn_if_never_made(handler)
             restores.append(_hooks.install_logging_hook(handler))
+        # The Sentry bridge, now or as sentry_sdk is imported: before Sentry's first event.
+        _extensions.load_integrations()
+        restores.append(_extensions.stop_watching_imports)
         _active = installation
         return installation
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-__all__ = ["LevelAllowList", "posthog_level"]
+__all__ = ["LevelAllowList", "posthog_level", "severity_names"]
 
 POSTHOG_LEVELS = ("fatal", "error", "warning", "log", "info", "debug")
 
@@ -107,6 +107,33 @@ class LevelAllowList:
         return allowed
 
 
+def severity_names(
+    levels: str | int | Iterable[str | int], *, option: str = "severity_allow_list"
+) -> frozenset[str] | None:
+    """A Sentry severity allow list, parsed as ``levels`` is: PostHog/Sentry names and
+    Python names in any case (``critical`` is Sentry's ``fatal``), ints, ``"*"`` and comma
+    strings. The set of Sentry level names, or None for all of them."""
+    names: set[str] = set()
+    for item in _items(levels):
+        if isinstance(item, bool) or not isinstance(item, (str, int)):
+            raise ValueError(_unknown(item, option))
+        if isinstance(item, int):
+            if item < 0:
+                raise ValueError(_unknown(item, option))
+            names.add(posthog_level(item))
+            continue
+        name = item.strip()
+        if name == "*":
+            return None
+        known = _PYTHON_NAMES.get(name.lower())
+        if known is None:
+            raise ValueError(_unknown(item, option))
+        names.add(known)
+    if not names:
+        raise ValueError(f"{option} is empty: name at least one level, or '*' for all")
+    return frozenset(names)
+
+
 def _items(levels: str | int | Iterable[str | int]) -> list[str | int]:
     if isinstance(levels, str):
         return [part for part in levels.split(",") if part.strip()] or [levels]
@@ -126,7 +153,7 @@ def _registered_levels() -> dict[str, int]:
     return dict(logging._nameToLevel)
 
 
-def _unknown(value: object) -> str:
+def _unknown(value: object, option: str = "levels") -> str:
     custom = sorted(
         name
         for name, number in _registered_levels().items()
@@ -138,4 +165,4 @@ def _unknown(value: object) -> str:
     )
     if custom:
         accepted += ", or registered custom levels (" + ", ".join(custom) + ")"
-    return f"unknown level {value!r} in levels; accepted: {accepted}"
+    return f"unknown level {value!r} in {option}; accepted: {accepted}"

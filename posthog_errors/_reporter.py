@@ -34,6 +34,7 @@ gets the event: one over the limit is dropped and counted as ``dropped``, never 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime
 import logging
@@ -167,6 +168,13 @@ class Reporter:
             raise TypeError(f"before_send must be a callable or None, got {before_send!r}")
         self.before_send = before_send
         self.ignore = _exception_types(ignore)
+
+    def sending_to(self, client: Any) -> Reporter:
+        """A reporter with this one's options (payload, redaction, ``before_send``,
+        ``ignore``) that sends to ``client`` instead: one set of options for every door."""
+        twin = copy.copy(self)
+        twin.client_source = ClientSource(client, fallback=twin._installed_client)
+        return twin
 
     def _installed_client(self) -> Any:
         """The client of the reporter ``install()`` set, when it is not this one."""
@@ -428,6 +436,10 @@ class Reporter:
             release_locals(snapshot)
         if snapshot.late is not None:
             late = snapshot.late.wait(_LATE_PROPERTIES_TIMEOUT)
+            if late is None:  # the other side filtered this failure out (Sentry's before_send)
+                STATS.add("filtered")
+                _release_mark(snapshot)
+                return None
             if late:
                 properties.update(late)
                 size += json_size(late)

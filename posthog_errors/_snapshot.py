@@ -83,9 +83,10 @@ class ExceptionSnapshot:
 
 class LateProperties(Protocol):
     """Properties another part of the process fills in shortly after the capture (the
-    Sentry event that saw the same failure). The worker asks for them, bounded."""
+    Sentry event that saw the same failure). The worker asks for them, bounded; None means
+    the event is filtered out (the user's Sentry ``before_send`` removed the PostHog tag)."""
 
-    def wait(self, timeout: float) -> dict[str, Any]: ...
+    def wait(self, timeout: float) -> dict[str, Any] | None: ...
 
 
 @dataclasses.dataclass(slots=True)

@@ -1,19 +1,27 @@
 """Sentry, both ways.
 
-``PostHogIntegration`` is the Python counterpart of posthog-node's ``sentryIntegration``:
-Sentry error events get the PostHog person (``posthog_distinct_id`` and ``PostHog Person
-URL`` tags), and events at an allowed level are sent to PostHog as ``$exception`` with
-``$sentry_event_id``, ``$sentry_url`` and the Sentry exception data.
+``PostHogIntegration`` (or its function form, :func:`sentry_integration`) is the Python
+counterpart of posthog-node's Sentry integration: Sentry error events get the PostHog person
+(``posthog_distinct_id`` and ``PostHog Person URL`` tags), and events at an allowed level
+are sent to PostHog as ``$exception`` with ``$sentry_event_id``, ``$sentry_url`` and the
+Sentry exception data.
 
 Without the integration, when sentry-sdk is initialised, the bridge below still links both
 sides for exceptions this library captures, whichever of the two saw the exception first:
 Sentry's event gets the person tags, the PostHog event gets ``$sentry_event_id``. Tags go on
 the event itself, never on a shared scope, so nothing leaks into later, unrelated events.
+``install()`` loads the bridge when sentry-sdk is imported (before or after it), so the
+very first failure is linked.
 
-A PostHog event never points at a Sentry event that was not sent: Sentry runs event
-processors before ``before_send`` and sampling, so the link is confirmed only once those
-have decided (the bridge wraps the client's ``before_send`` and ``error_sampler`` options,
-calling the user's own).
+A PostHog event names a Sentry event only if Sentry sent it. Sentry runs event processors
+(its dedupe among them), then ``before_send``, then sampling; the event processor here
+only tags the person. What Sentry did is read where it is final: the bridge wraps the
+client's ``before_send`` and ``error_sampler`` options (calling the user's own), so an
+event that a later processor, the user's ``before_send`` or sampling dropped is never
+named, whatever the order in which the two SDKs were imported and initialised.
+
+The seed's filter works too: a user's ``before_send`` that deletes the PostHog tag from an
+event keeps that failure out of PostHog, and takes the Person URL tag off the event.
 """
 
 from __future__ import annotations
@@ -36,18 +44,51 @@ except ImportError as error:  # pragma: no cover - exercised without the extra i
     ) from error
 
 from posthog_errors import _context, _extensions, _guard
-from posthog_errors._payload import LEVELS, MESSAGE_TYPE
-from posthog_errors._reporter import Reporter, default_reporter, default_reporter_if_set
+from posthog_errors._levels import severity_names
+from posthog_errors._payload import LEVELS
+from posthog_errors._reporter import Reporter, default_reporter_if_set
+from posthog_errors._sentry_events import (
+    exception_data,
+    exception_list,
+    message_of,
+    sentry_level,
+)
 from posthog_errors._snapshot import EventSnapshot
 
-__all__ = ["PERSON_URL_TAG", "POSTHOG_ID_TAG", "PostHogIntegration"]
+__all__ = [
+    "PERSON_URL_TAG",
+    "POSTHOG_CONTEXT",
+    "POSTHOG_ID_TAG",
+    "PostHogIntegration",
+    "sentry_integration",
+]
 
 POSTHOG_ID_TAG = _context.SENTRY_ID_TAG
+POSTHOG_CONTEXT = _context.SENTRY_CONTEXT
 PERSON_URL_TAG = "PostHog Person URL"
 DEFAULT_PREFIX = "https://sentry.io/organizations/"
 # How long a PostHog event waits for Sentry to see the same exception (a log record reaches
-# this library's handler before sentry-sdk's logging integration, for example).
+# this library before sentry-sdk's logging integration, for example), when Sentry will.
 LINK_GRACE_SECONDS = 0.3
+_DECISION_POLL = 0.005
+
+# The options of a Reporter, accepted by the integration as its own PostHog options.
+_POSTHOG_OPTIONS = frozenset(
+    {
+        "before_send",
+        "ignore",
+        "in_app_include",
+        "in_app_exclude",
+        "project_root",
+        "max_frames",
+        "redact_secrets",
+        "redact_keys",
+        "redact_patterns",
+        "capture_code_variables",
+    }
+)
+# Python level numbers of PostHog's levels, to compare with Sentry's logging event level.
+_LEVEL_NUMBERS = {"fatal": 50, "error": 40, "warning": 30, "log": 20, "info": 20, "debug": 10}
 
 _LINK_ATTR = "__posthog_errors_sentry_link"
 _HINT_KEY = "posthog_errors_pending"
@@ -55,24 +96,43 @@ _WRAPPED_ATTR = "_posthog_errors_options_wrapped"
 
 
 class SentryLink:
-    """The Sentry event that saw an exception, once Sentry has decided to send it."""
+    """What Sentry did with the events it made for one exception.
+
+    Written by Sentry's capture (on the app's thread, from the ``before_send`` and
+    ``error_sampler`` wrappers), read by the delivery worker, which polls: no lock.
+    """
+
+    __slots__ = ("_open", "distinct_id", "event_id", "excluded", "url")
 
     def __init__(self) -> None:
-        self.event_id: str | None = None
+        self.event_id: str | None = None  # the first Sentry event that was sent
         self.url: str | None = None
-        self.sent = False
         self.distinct_id: str | None = None
-        self._decided = threading.Event()
+        self.excluded = False  # the user's before_send took the PostHog tag off
+        self._open: list[object] = []  # events past every processor, not decided yet
 
-    def decide(self, sent: bool) -> None:
-        self.sent = sent
-        self._decided.set()
+    def opened(self, token: object) -> None:
+        self._open.append(token)
 
-    def wait(self, timeout: float) -> dict[str, Any]:
-        """``$sentry_*`` properties if Sentry sent an event for this exception, else none."""
-        if self.event_id is None or not self._decided.wait(timeout) or not self.sent:
+    def decided(self, token: object, *, sent: bool, event_id: Any, url: str | None) -> None:
+        if sent and self.event_id is None and isinstance(event_id, str):
+            self.url = url
+            self.event_id = event_id
+        with contextlib.suppress(ValueError):
+            self._open.remove(token)
+
+    def wait(self, timeout: float) -> dict[str, Any] | None:
+        """``$sentry_*`` properties if Sentry sent an event for this exception, else none;
+        None when the user's Sentry ``before_send`` filtered it out of PostHog."""
+        deadline = time.monotonic() + timeout
+        while self._open and self.event_id is None and time.monotonic() < deadline:
+            time.sleep(_DECISION_POLL)
+        if self.excluded:
+            return None
+        event_id = self.event_id
+        if event_id is None:
             return {}
-        properties: dict[str, Any] = {"$sentry_event_id": self.event_id}
+        properties: dict[str, Any] = {"$sentry_event_id": event_id}
         if self.url:
             properties["$sentry_url"] = self.url
         return properties
@@ -81,12 +141,21 @@ class SentryLink:
 class PostHogIntegration(Integration):
     """``sentry_sdk.init(integrations=[PostHogIntegration(client, organization=..., ...)])``.
 
-    ``severity_allow_list`` takes Sentry levels (``fatal, error, warning, log, info,
-    debug``) or ``"*"``. ``project_id`` defaults to the DSN's. ``send_exceptions_to_posthog``
-    false keeps only the person tags on Sentry events.
+    Sentry options, as posthog-node's: ``organization``, ``project_id`` (Sentry's; the
+    DSN's by default) and ``prefix`` make ``$sentry_url``; ``severity_allow_list`` takes
+    level names in any case (Python's ``critical`` is Sentry's ``fatal``), a comma string
+    or ``"*"``; ``send_exceptions_to_posthog`` false keeps only the person tags on Sentry
+    events. ``posthog_project_id`` goes into the Person URL (else the client's API key).
+
+    PostHog options: those of ``install()`` (``before_send``, ``ignore``, ``in_app_include``,
+    ``in_app_exclude``, ``project_root``, ``max_frames``, ``redact_secrets``,
+    ``redact_keys``, ``redact_patterns``, ``capture_code_variables``). Given none, events
+    that come through Sentry use the options ``install()`` was given, sent to ``client``;
+    given any, the integration uses its own options only.
     """
 
     identifier = "posthog"
+    POSTHOG_ID_TAG = POSTHOG_ID_TAG
 
     def __init__(
         self,
@@ -97,17 +166,28 @@ class PostHogIntegration(Integration):
         prefix: str = DEFAULT_PREFIX,
         severity_allow_list: Iterable[str] | str = ("error",),
         send_exceptions_to_posthog: bool = True,
+        posthog_project_id: int | str | None = None,
+        **posthog_options: Any,
     ) -> None:
-        self.reporter = Reporter(client) if client is not None else None
+        unknown = sorted(set(posthog_options) - _POSTHOG_OPTIONS)
+        if unknown:
+            raise TypeError(
+                f"PostHogIntegration got unknown options {', '.join(unknown)}; PostHog "
+                f"options are {', '.join(sorted(_POSTHOG_OPTIONS))}"
+            )
         if organization is not None and not isinstance(organization, str):
             raise TypeError(f"organization must be a string, got {organization!r}")
         if not isinstance(prefix, str) or not prefix:
             raise ValueError(f"prefix must be a URL such as {DEFAULT_PREFIX!r}, got {prefix!r}")
+        self.client = client
         self.organization = organization
         self.project_id = None if project_id is None else str(project_id)
+        self.posthog_project_id = None if posthog_project_id is None else str(posthog_project_id)
         self.prefix = prefix if prefix.endswith("/") else prefix + "/"
-        self.severity_allow_list = _severities(severity_allow_list)
+        self.severity_allow_list = severity_names(severity_allow_list, option="severity_allow_list")
         self.send_exceptions_to_posthog = bool(send_exceptions_to_posthog)
+        self._own = Reporter(client, **posthog_options) if posthog_options else None
+        self._derived: tuple[Reporter | None, Reporter] | None = None
 
     @staticmethod
     def setup_once() -> None:
@@ -123,13 +203,38 @@ class PostHogIntegration(Integration):
         return f"{self.prefix}{self.organization}/issues/?project={project_id}&query={event_id}"
 
     def posthog_reporter(self) -> Reporter:
-        return self.reporter or default_reporter()
+        """Where events that come through Sentry go: this integration's own options if it
+        was given any, else ``install()``'s, sent to this integration's client."""
+        if self._own is not None:
+            return self._own
+        installed = default_reporter_if_set()
+        derived = self._derived
+        if derived is not None and derived[0] is installed:
+            return derived[1]
+        if installed is None:
+            reporter = Reporter(self.client)
+        elif self.client is None or installed.client_source.configured is self.client:
+            reporter = installed
+        else:
+            reporter = installed.sending_to(self.client)
+        self._derived = (installed, reporter)
+        return reporter
+
+
+def sentry_integration(client: Any = None, **options: Any) -> PostHogIntegration:
+    """The function form of posthog-node's ``sentryIntegration(client, options)``::
+
+        sentry_sdk.init(dsn=..., integrations=[sentry_integration(client, organization="acme")])
+
+    Takes the same options as :class:`PostHogIntegration`.
+    """
+    return PostHogIntegration(client, **options)
 
 
 class _Pending:
     """What the event processor saw, kept in the hint until Sentry decides."""
 
-    __slots__ = ("event", "exception", "integration", "link")
+    __slots__ = ("event", "exception", "excluded", "integration", "link", "tagged")
 
     def __init__(
         self,
@@ -137,11 +242,14 @@ class _Pending:
         integration: PostHogIntegration | None,
         exception: BaseException | None,
         event: dict[str, Any],
+        tagged: bool,
     ) -> None:
         self.link = link
         self.integration = integration
         self.exception = exception
         self.event = event
+        self.tagged = tagged
+        self.excluded = False
 
 
 # -- Sentry's side ----------------------------------------------------------------------
@@ -163,34 +271,34 @@ def _prepare(event: dict[str, Any], hint: dict[str, Any]) -> None:
     integration = client.get_integration(PostHogIntegration)
     exception = _hint_exception(hint)
     link = _link_of(exception) if exception is not None else SentryLink()
-    event_id = event.get("event_id")
-    link.event_id = event_id if isinstance(event_id, str) else None
     tags = event.get("tags")
     if not isinstance(tags, dict):
         tags = event["tags"] = {}
     distinct_id = (
         _context._as_id(tags.get(POSTHOG_ID_TAG))
+        or _context._as_id(_posthog_context(event).get(POSTHOG_ID_TAG))
         or link.distinct_id
         or _context.resolve(exception, None, None)[0]
     )
     reporter = integration.posthog_reporter() if integration else default_reporter_if_set()
+    tagged = False
     if distinct_id:
         tags[POSTHOG_ID_TAG] = distinct_id
-        url = _person_url(reporter, distinct_id)
+        project = integration.posthog_project_id if integration else None
+        url = _person_url(reporter, distinct_id, project)
         if url:
             tags[PERSON_URL_TAG] = url
         link.distinct_id = link.distinct_id or distinct_id
-    if integration is not None and link.event_id:
-        link.url = integration.sentry_url(link.event_id, client.options.get("dsn"))
-    hint[_HINT_KEY] = _Pending(link, integration, exception, event)
+        tagged = True
+    hint[_HINT_KEY] = _Pending(link, integration, exception, event, tagged)
     _wrap_client_options(client)
 
 
 def _wrap_client_options(client: Any) -> None:
     """Wrap the client's ``before_send`` and ``error_sampler``, calling the user's own.
 
-    Sentry reads both after event processors, within the same capture, so wrapping here
-    applies to the event being processed. Done once per client.
+    Sentry reads both after every event processor, within the same capture, so wrapping
+    here applies to the event being processed. Done once per client.
     """
     if getattr(client, _WRAPPED_ATTR, False):
         return
@@ -200,17 +308,27 @@ def _wrap_client_options(client: Any) -> None:
 
     def posthog_errors_before_send(event: Any, hint: Any) -> Any:
         result = user_before_send(event, hint) if user_before_send is not None else event
-        if result is None:
-            _decide(hint, sent=False)
+        try:
+            _after_before_send(result, hint)
+        except Exception as error:
+            _guard.internal_error(error, reraise=False)
         return result
 
     def posthog_errors_error_sampler(event: Any, hint: Any) -> float:
-        rate = user_sampler(event, hint) if callable(user_sampler) else options.get("sample_rate")
+        sending = getattr(client, "transport", None) is not None
+        if callable(user_sampler):
+            try:
+                rate = user_sampler(event, hint)
+            except Exception:
+                _decide(hint, sent=sending)  # sentry-sdk keeps an event whose sampler raised
+                raise
+        else:
+            rate = options.get("sample_rate")
         try:
             keep = not (rate < 1.0 and random.random() >= rate)
         except TypeError:
             keep = True  # what sentry-sdk does with a bad rate
-        _decide(hint, sent=keep and getattr(client, "transport", None) is not None)
+        _decide(hint, sent=keep and sending)
         return 1.0 if keep else 0.0
 
     options["before_send"] = posthog_errors_before_send
@@ -218,44 +336,71 @@ def _wrap_client_options(client: Any) -> None:
     setattr(client, _WRAPPED_ATTR, True)
 
 
+def _after_before_send(result: Any, hint: Any) -> None:
+    """The user's ``before_send`` has run: a dropped event is decided (not sent); one whose
+    PostHog tag it deleted stays out of PostHog and loses its Person URL tag too."""
+    pending = hint.get(_HINT_KEY) if isinstance(hint, dict) else None
+    if not isinstance(pending, _Pending):
+        return
+    if result is None:
+        _decide(hint, sent=False)
+        return
+    if isinstance(result, dict):
+        pending.event = result
+        tags = result.get("tags")
+        if pending.tagged and not (isinstance(tags, dict) and tags.get(POSTHOG_ID_TAG)):
+            pending.excluded = pending.link.excluded = True
+            if isinstance(tags, dict):
+                tags.pop(PERSON_URL_TAG, None)
+    pending.link.opened(pending)
+
+
 def _decide(hint: Any, *, sent: bool) -> None:
     pending = hint.pop(_HINT_KEY, None) if isinstance(hint, dict) else None
     if not isinstance(pending, _Pending):
         return
-    pending.link.decide(sent)
     integration = pending.integration
-    if integration is None or not integration.send_exceptions_to_posthog:
+    event_id = pending.event.get("event_id")
+    url = None
+    if integration is not None and isinstance(event_id, str):
+        url = integration.sentry_url(event_id, sentry_sdk.get_client().options.get("dsn"))
+    pending.link.decided(pending, sent=sent, event_id=event_id, url=url)
+    if integration is None or not integration.send_exceptions_to_posthog or pending.excluded:
         return
-    level = _sentry_level(pending.event)
+    level = sentry_level(pending.event)
     if not integration.allows(level):
         return
     try:
-        _send_to_posthog(integration, pending, level, sent)
+        _send_to_posthog(integration, pending, level, sent, url)
     except Exception as error:
         _guard.internal_error(error, reraise=False)
 
 
 def _send_to_posthog(
-    integration: PostHogIntegration, pending: _Pending, level: str, sent: bool
+    integration: PostHogIntegration, pending: _Pending, level: str, sent: bool, url: str | None
 ) -> None:
     event = pending.event
     reporter = integration.posthog_reporter()
     values = (event.get("exception") or {}).get("values") or []
     outermost = values[-1] if values else {}
+    message = outermost.get("value") or message_of(event)
+    exception_type = outermost.get("type")
     properties: dict[str, Any] = {
-        # Every text here is redacted on the worker, as any property is (see _redact);
-        # Sentry's frame locals go only where code variables are on.
-        "$sentry_exception": _exception_data(
+        # The seed's properties. Every text here is redacted on the worker, as any property
+        # is (see _redact); Sentry's frame locals go only where code variables are on.
+        "$exception_message": message,
+        "$exception_type": exception_type,
+        "$sentry_exception": exception_data(
             event.get("exception"), keep_vars=reporter.options.capture_code_variables
         ),
-        "$sentry_exception_message": outermost.get("value") or _message_of(event),
-        "$sentry_exception_type": outermost.get("type"),
+        "$sentry_exception_message": message,
+        "$sentry_exception_type": exception_type,
         "$sentry_tags": dict(event.get("tags") or {}),
     }
     if sent:
-        properties["$sentry_event_id"] = pending.link.event_id
-        if pending.link.url:
-            properties["$sentry_url"] = pending.link.url
+        properties["$sentry_event_id"] = event.get("event_id")
+        if url:
+            properties["$sentry_url"] = url
     handled = (outermost.get("mechanism") or {}).get("handled")
     options: dict[str, Any] = {
         "level": level if level in LEVELS else "error",
@@ -268,7 +413,7 @@ def _send_to_posthog(
     if pending.exception is not None:
         reporter.capture(pending.exception, **options)
     else:
-        reporter.capture_prebuilt(_exception_list(event), **options)
+        reporter.capture_prebuilt(exception_list(event), **options)
 
 
 # -- PostHog's side ---------------------------------------------------------------------
@@ -281,14 +426,34 @@ def _on_posthog_capture(exception: BaseException | None, snapshot: EventSnapshot
     link = _link_of(exception)
     link.distinct_id = link.distinct_id or snapshot.distinct_id
     snapshot.late = link
-    if link.event_id is None:
-        # Sentry has not seen it yet and may in a moment: wait a little for it.
+    if link.event_id is None and _sentry_may_report(snapshot):
+        # Sentry has not decided yet and may in a moment: wait a little for it.
         snapshot.not_before = time.monotonic() + LINK_GRACE_SECONDS
 
 
 def _sentry_active() -> bool:
     client = sentry_sdk.get_client()
     return bool(client.is_active() and client.options.get("dsn"))
+
+
+def _sentry_may_report(snapshot: EventSnapshot) -> bool:
+    """Whether Sentry may make an event of its own for this capture. Only a log record is
+    told apart: sentry-sdk's logging integration makes events from its ``event_level`` up
+    (ERROR by default in 2.x; no events by default in 3.0)."""
+    if snapshot.source != "python.logging":
+        return True
+    try:
+        from sentry_sdk.integrations.logging import LoggingIntegration
+
+        integration = sentry_sdk.get_client().get_integration(LoggingIntegration)
+        if integration is None:
+            return False
+        handler = integration._handler
+        if handler is None:
+            return False  # event_level=None: breadcrumbs and logs only
+        return _LEVEL_NUMBERS.get(snapshot.level, 40) >= int(handler.level)
+    except Exception:
+        return True  # a sentry-sdk we cannot read: wait, as before
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -313,7 +478,32 @@ def _hint_exception(hint: dict[str, Any]) -> BaseException | None:
     return None
 
 
-def _person_url(reporter: Reporter | None, distinct_id: str) -> str | None:
+def _posthog_context(event: dict[str, Any]) -> dict[str, Any]:
+    contexts = event.get("contexts")
+    context = contexts.get(POSTHOG_CONTEXT) if isinstance(contexts, dict) else None
+    return context if isinstance(context, dict) else {}
+
+
+def app_host(host: str) -> str:
+    """The PostHog app's address for a client's host: PostHog Cloud's ingestion hosts
+    (``us.i.posthog.com``, ``eu.i.posthog.com``) become the app's (``us.posthog.com``,
+    ``eu.posthog.com``); any other host (self-hosted, ``app.posthog.com``) is kept."""
+    parts = urllib.parse.urlsplit(host.rstrip("/"))
+    name = parts.hostname or ""
+    if name.endswith(".i.posthog.com"):
+        netloc = name[: -len(".i.posthog.com")] + ".posthog.com"
+        if parts.port:
+            netloc += f":{parts.port}"
+        parts = parts._replace(netloc=netloc)
+    return urllib.parse.urlunsplit(parts)
+
+
+def _person_url(
+    reporter: Reporter | None, distinct_id: str, project_id: str | None = None
+) -> str | None:
+    """The person's page in the PostHog app: ``{app}/project/{project}/person/{id}``, the
+    project being ``posthog_project_id`` when given, else the client's API key (what
+    posthog-node puts there)."""
     if reporter is None:
         return None
     try:
@@ -322,10 +512,11 @@ def _person_url(reporter: Reporter | None, distinct_id: str) -> str | None:
         return None
     host = getattr(client, "host", None)
     api_key = getattr(client, "api_key", None)
-    if not isinstance(host, str) or not isinstance(api_key, str):
+    project = project_id or api_key
+    if not isinstance(host, str) or not host or not isinstance(project, str):
         return None
     quoted = urllib.parse.quote(distinct_id, safe="")
-    return f"{host.rstrip('/')}/project/{api_key}/person/{quoted}"
+    return f"{app_host(host)}/project/{urllib.parse.quote(project, safe='')}/person/{quoted}"
 
 
 def _project_from_dsn(dsn: object) -> str | None:
@@ -334,118 +525,6 @@ def _project_from_dsn(dsn: object) -> str | None:
     path = urllib.parse.urlsplit(dsn).path.rstrip("/")
     project = path.rsplit("/", 1)[-1]
     return project or None
-
-
-def _sentry_level(event: dict[str, Any]) -> str:
-    level = event.get("level") or "error"
-    level = str(level).lower()
-    return {"critical": "fatal", "warn": "warning"}.get(level, level)
-
-
-def _message_of(event: dict[str, Any]) -> str:
-    message = event.get("message")
-    if isinstance(message, str):
-        return message
-    logentry = event.get("logentry") or {}
-    formatted = logentry.get("formatted") or logentry.get("message")
-    return formatted if isinstance(formatted, str) else ""
-
-
-def _exception_data(data: Any, *, keep_vars: bool) -> Any:
-    """Sentry's ``exception`` data for ``$sentry_exception``: a copy without the frames'
-    ``vars`` (sentry-sdk's locals) unless code variables are on. Only the dicts on the way
-    to the frames are copied; the event Sentry sends is left as it is."""
-    if keep_vars or not isinstance(data, dict) or not isinstance(data.get("values"), list):
-        return data
-    values = []
-    for value in data["values"]:
-        stacktrace = value.get("stacktrace") if isinstance(value, dict) else None
-        if isinstance(stacktrace, dict) and isinstance(stacktrace.get("frames"), list):
-            frames = [
-                {k: v for k, v in frame.items() if k != "vars"}
-                if isinstance(frame, dict)
-                else frame
-                for frame in stacktrace["frames"]
-            ]
-            value = {**value, "stacktrace": {**stacktrace, "frames": frames}}
-        values.append(value)
-    return {**data, "values": values}
-
-
-def _exception_list(event: dict[str, Any]) -> list[dict[str, Any]]:
-    """PostHog's ``$exception_list`` from Sentry's data: outermost first (Sentry lists the
-    root cause first), with frames, code context and ``in_app`` kept."""
-    values = list(reversed((event.get("exception") or {}).get("values") or []))
-    entries: list[dict[str, Any]] = []
-    for index, value in enumerate(values[:50]):
-        mechanism: dict[str, Any] = {"synthetic": False, "exception_id": index}
-        if index == 0:
-            handled = (value.get("mechanism") or {}).get("handled")
-            mechanism.update(type="sentry", handled=handled if isinstance(handled, bool) else True)
-        else:
-            mechanism.update(type="chained", parent_id=index - 1, source="cause")
-        entry: dict[str, Any] = {
-            "type": str(value.get("type") or "Error"),
-            "value": str(value.get("value") or ""),
-            "module": value.get("module") if isinstance(value.get("module"), str) else None,
-            "mechanism": mechanism,
-        }
-        frames = [_frame(f) for f in ((value.get("stacktrace") or {}).get("frames") or [])]
-        if frames:
-            entry["stacktrace"] = {"type": "raw", "frames": frames[-100:]}
-        entries.append(entry)
-    if not entries:
-        entries.append(
-            {
-                "type": MESSAGE_TYPE,
-                "value": _message_of(event),
-                "module": None,
-                "mechanism": {
-                    "type": "sentry",
-                    "handled": True,
-                    "synthetic": True,
-                    "exception_id": 0,
-                },
-            }
-        )
-    return entries
-
-
-def _frame(frame: dict[str, Any]) -> dict[str, Any]:
-    def text(key: str) -> str | None:
-        value = frame.get(key)
-        return value if isinstance(value, str) else None
-
-    def lines(key: str) -> list[str]:
-        value = frame.get(key)
-        return [line for line in value if isinstance(line, str)] if isinstance(value, list) else []
-
-    lineno = frame.get("lineno")
-    return {
-        "platform": "python",
-        "filename": text("filename") or text("abs_path") or "<unknown>",
-        "abs_path": text("abs_path"),
-        "function": text("function") or "<unknown>",
-        "module": text("module"),
-        "lineno": lineno if isinstance(lineno, int) and lineno >= 0 else None,
-        "pre_context": lines("pre_context"),
-        "context_line": text("context_line"),
-        "post_context": lines("post_context"),
-        "in_app": frame.get("in_app") is True,
-    }
-
-
-def _severities(value: Iterable[str] | str) -> frozenset[str] | None:
-    if value == "*":
-        return None
-    items = [value] if isinstance(value, str) else list(value)
-    for item in items:
-        if item not in LEVELS:
-            raise ValueError(
-                f"severity_allow_list takes Sentry levels ({', '.join(LEVELS)}) or '*', "
-                f"got {item!r}"
-            )
-    return frozenset(items)
 
 
 _bridge_lock = threading.Lock()
