@@ -114,7 +114,7 @@ def severity_names(
     Python names in any case (``critical`` is Sentry's ``fatal``), ints, ``"*"`` and comma
     strings. The set of Sentry level names, or None for all of them."""
     names: set[str] = set()
-    for item in _items(levels):
+    for item in _items(levels, option):
         if isinstance(item, bool) or not isinstance(item, (str, int)):
             raise ValueError(_unknown(item, option))
         if isinstance(item, int):
@@ -134,7 +134,7 @@ def severity_names(
     return frozenset(names)
 
 
-def _items(levels: str | int | Iterable[str | int]) -> list[str | int]:
+def _items(levels: str | int | Iterable[str | int], option: str = "levels") -> list[str | int]:
     if isinstance(levels, str):
         return [part for part in levels.split(",") if part.strip()] or [levels]
     if isinstance(levels, int):
@@ -142,7 +142,7 @@ def _items(levels: str | int | Iterable[str | int]) -> list[str | int]:
     try:
         return list(levels)
     except TypeError:
-        raise ValueError(_unknown(levels)) from None
+        raise ValueError(_unknown(levels, option)) from None
 
 
 def _registered_levels() -> dict[str, int]:

@@ -14,7 +14,7 @@ import posthog_errors
 from posthog_errors import PostHogHandler
 from posthog_errors._reporter import Reporter
 from posthog_errors.capture_server import CaptureServer
-from posthog_errors.sentry import PostHogIntegration
+from posthog_errors.sentry import PostHogIntegration, app_host, sentry_integration
 from tests.conftest import API_KEY
 from tests.scripts import run_script
 from tests.sentry_server import SentryServer, sentry_initialised
@@ -243,7 +243,7 @@ def test_without_sentry_events_nothing_waits_or_links(
 
 SCRIPT_PRELUDE = """
 import logging, sentry_sdk
-from posthog_errors.sentry import PostHogIntegration
+from posthog_errors.sentry import PostHogIntegration, app_host, sentry_integration
 sentry_sdk.init(dsn=sys.argv[2], release="t", integrations=[
     PostHogIntegration(client, organization="my-org")])
 """
@@ -333,3 +333,246 @@ def test_importing_the_package_never_imports_sentry_and_a_missing_sdk_is_explain
     )
     assert result.returncode == 0, result.stderr
     assert "error: posthog_errors.sentry needs sentry-sdk: pip install" in result.stdout
+
+
+# -- the seed's API -----------------------------------------------------------------------
+
+
+def test_the_function_form_and_the_class_tag(
+    capture_server: CaptureServer, sentry_server: SentryServer, posthog_client: posthog.Posthog
+) -> None:
+    integration = sentry_integration(posthog_client, organization="my-org", project_id=12345)
+    assert isinstance(integration, PostHogIntegration)
+    assert PostHogIntegration.POSTHOG_ID_TAG == "posthog_distinct_id"
+    with (
+        sentry_initialised(sentry_server.dsn, integrations=[integration]),
+        sentry_sdk.isolation_scope(),
+    ):
+        sentry_sdk.set_tag(PostHogIntegration.POSTHOG_ID_TAG, "user_123")
+        event_id = sentry_sdk.capture_exception(caught("Test exception from integration"))
+    assert one_sentry_event(sentry_server)["tags"]["posthog_distinct_id"] == "user_123"
+    props = one_posthog_event(capture_server)["properties"]
+    # The seed's property list, both its own names and the $sentry_ ones.
+    assert props["$exception_message"] == "Test exception from integration"
+    assert props["$exception_type"] == "ValueError"
+    assert props["$sentry_exception_message"] == "Test exception from integration"
+    assert props["$sentry_exception_type"] == "ValueError"
+    assert props["$sentry_url"].endswith(f"project=12345&query={event_id}")
+
+
+def test_the_distinct_id_from_set_context(
+    capture_server: CaptureServer,
+    sentry_server: SentryServer,
+    posthog_client: posthog.Posthog,
+    reporter: Reporter,
+) -> None:
+    """The seed's third way: ``Sentry.setContext('posthog', {posthog_distinct_id: ...})``."""
+    with sentry_initialised(sentry_server.dsn, integrations=[PostHogIntegration(posthog_client)]):
+        with sentry_sdk.isolation_scope():
+            sentry_sdk.set_context("posthog", {PostHogIntegration.POSTHOG_ID_TAG: "ctx-user"})
+            sentry_sdk.capture_exception(caught())
+        with sentry_sdk.isolation_scope():  # posthog-errors' own captures read it too
+            sentry_sdk.set_context("posthog", {"posthog_distinct_id": "ctx-user-2"})
+            posthog_errors.capture_exception(caught("ours"))
+    assert one_sentry_event(sentry_server)["tags"]["posthog_distinct_id"] == "ctx-user"
+    assert posthog_errors.flush(5)
+    events = capture_server.wait_for_events(2)
+    assert sorted(e["distinct_id"] for e in events) == ["ctx-user", "ctx-user-2"]
+
+
+@pytest.mark.parametrize(
+    ("allow", "sent_levels"),
+    [
+        ("ERROR", ["error"]),
+        ("critical", ["fatal"]),
+        ("error,fatal", ["error", "fatal"]),
+        (["Warning", "ERROR"], ["warning", "error"]),
+        ("*", ["info", "warning", "error", "fatal"]),
+    ],
+)
+def test_severity_allow_list_is_parsed_as_levels_are(
+    capture_server: CaptureServer,
+    sentry_server: SentryServer,
+    posthog_client: posthog.Posthog,
+    allow: object,
+    sent_levels: list[str],
+) -> None:
+    integration = PostHogIntegration(posthog_client, severity_allow_list=allow)  # type: ignore[arg-type]
+    with sentry_initialised(sentry_server.dsn, integrations=[integration]):
+        for level in ("info", "warning", "error", "fatal"):
+            sentry_sdk.capture_message(f"at {level}", level=level)  # type: ignore[arg-type]
+    assert posthog_errors.flush(5)
+    events = capture_server.wait_for_events(len(sent_levels))
+    assert sorted(e["properties"]["$exception_level"] for e in events) == sorted(sent_levels)
+
+
+def test_severity_allow_list_refuses_what_levels_refuse() -> None:
+    for bad in (["eror"], "error,nope", [], 3.5):
+        with pytest.raises(ValueError, match="severity_allow_list"):
+            PostHogIntegration(severity_allow_list=bad)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="unknown options"):
+        PostHogIntegration(befor_send=None)
+
+
+# -- the Person URL opens the PostHog app -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "app"),
+    [
+        ("https://us.i.posthog.com", "https://us.posthog.com"),
+        ("https://eu.i.posthog.com/", "https://eu.posthog.com"),
+        ("https://app.posthog.com", "https://app.posthog.com"),
+        ("https://posthog.example.com", "https://posthog.example.com"),
+        ("http://127.0.0.1:8000", "http://127.0.0.1:8000"),
+    ],
+)
+def test_app_host(host: str, app: str) -> None:
+    assert app_host(host) == app
+
+
+@pytest.mark.parametrize("project", [None, 12345])
+def test_person_url_tag_points_at_the_app(sentry_server: SentryServer, project: int | None) -> None:
+    # send=False: the client never sends (no network), but has the cloud host.
+    client = posthog.Posthog(API_KEY, host="https://eu.i.posthog.com", send=False)
+    integration = PostHogIntegration(
+        client, posthog_project_id=project, send_exceptions_to_posthog=False
+    )
+    with (
+        sentry_initialised(sentry_server.dsn, integrations=[integration]),
+        sentry_sdk.isolation_scope(),
+    ):
+        sentry_sdk.set_tag(posthog_errors.POSTHOG_ID_TAG, "user/7")
+        sentry_sdk.capture_exception(caught())
+    expected = f"https://eu.posthog.com/project/{project or API_KEY}/person/user%2F7"
+    assert one_sentry_event(sentry_server)["tags"]["PostHog Person URL"] == expected
+
+
+# -- one set of PostHog options -----------------------------------------------------------
+
+
+def test_the_integration_uses_installs_options_unless_given_its_own(
+    capture_server: CaptureServer, sentry_server: SentryServer, posthog_client: posthog.Posthog
+) -> None:
+    def mark(properties: dict) -> dict:  # type: ignore[type-arg]
+        properties["checked_by"] = "install"
+        return properties
+
+    with posthog_errors.install(
+        posthog_client, before_send=mark, ignore=[KeyError], logs=False, excepthooks=False
+    ):
+        inherits = PostHogIntegration(posthog_client)
+        with sentry_initialised(sentry_server.dsn, integrations=[inherits]):
+            sentry_sdk.capture_exception(caught("inherits"))
+            try:
+                raise KeyError("ignored by install()")
+            except KeyError as error:
+                sentry_sdk.capture_exception(error)
+        event = one_posthog_event(capture_server)
+        assert event["properties"]["checked_by"] == "install"
+        assert event["properties"]["$exception_list"][0]["value"] == "inherits"
+        capture_server.clear()
+
+        own = PostHogIntegration(posthog_client, ignore=[ValueError])
+        with sentry_initialised(sentry_server.dsn, integrations=[own]):
+            sentry_sdk.capture_exception(caught("ignored by its own options"))
+            try:
+                raise KeyError("its own options do not ignore this")
+            except KeyError as error:
+                sentry_sdk.capture_exception(error)
+        event = one_posthog_event(capture_server)
+        assert event["properties"]["$exception_list"][0]["type"] == "KeyError"
+        assert "checked_by" not in event["properties"]  # install()'s before_send not used
+
+
+# -- the seed's filter: before_send deleting the PostHog tag ------------------------------
+
+
+def test_before_send_deleting_the_tag_keeps_the_event_out_of_posthog(
+    capture_server: CaptureServer, sentry_server: SentryServer, posthog_client: posthog.Posthog
+) -> None:
+    class ValidationError(Exception):
+        pass
+
+    def before_send(event: dict, hint: dict) -> dict:  # type: ignore[type-arg]
+        if event["exception"]["values"][0]["type"].endswith("ValidationError"):
+            del event["tags"][PostHogIntegration.POSTHOG_ID_TAG]
+        return event
+
+    integration = PostHogIntegration(posthog_client)
+    with (
+        sentry_initialised(sentry_server.dsn, integrations=[integration], before_send=before_send),
+        sentry_sdk.isolation_scope(),
+    ):
+        sentry_sdk.set_tag(PostHogIntegration.POSTHOG_ID_TAG, "user_1")
+        try:
+            raise ValidationError("bad input")
+        except ValidationError as error:
+            sentry_sdk.capture_exception(error)
+        sentry_sdk.capture_exception(caught("a real failure"))
+    sentry_events = {
+        e["exception"]["values"][0]["type"].rpartition(".")[2]: e
+        for e in sentry_server.wait_for_events(2)
+    }
+    assert "PostHog Person URL" not in sentry_events["ValidationError"]["tags"]
+    assert "posthog_distinct_id" not in sentry_events["ValidationError"]["tags"]
+    assert "PostHog Person URL" in sentry_events["ValueError"]["tags"]
+    event = one_posthog_event(capture_server)
+    assert event["properties"]["$exception_list"][0]["type"] == "ValueError"
+
+
+def test_before_send_deleting_the_tag_filters_our_own_capture_too(
+    capture_server: CaptureServer, sentry_server: SentryServer, reporter: Reporter
+) -> None:
+    def before_send(event: dict, hint: dict) -> dict:  # type: ignore[type-arg]
+        event["tags"].pop(PostHogIntegration.POSTHOG_ID_TAG, None)
+        return event
+
+    with sentry_initialised(sentry_server.dsn, before_send=before_send):
+        exc = caught("kept out of PostHog by Sentry's before_send")
+        with posthog_errors.bind("user-9"):
+            posthog_errors.capture_exception(exc)
+            sentry_sdk.capture_exception(exc)
+    assert "PostHog Person URL" not in one_sentry_event(sentry_server)["tags"]
+    assert posthog_errors.flush(5)
+    assert capture_server.wait_for_events(1, timeout=1) == []
+    assert posthog_errors.stats()["filtered"] == 1
+
+
+# -- sentry-sdk 3.0 readiness: no wait for an event Sentry will not make ----------------
+
+
+@pytest.mark.parametrize(
+    ("logging_integration", "waits"),
+    [("event_level=ERROR", True), ("event_level=None", False), ("disabled", False)],
+)
+def test_a_log_record_waits_only_if_sentry_makes_an_event_of_it(
+    sentry_server: SentryServer,
+    reporter: Reporter,
+    logging_integration: str,
+    waits: bool,
+) -> None:
+    from sentry_sdk.integrations.logging import LoggingIntegration
+
+    from posthog_errors import _extensions
+
+    integrations = []
+    if logging_integration == "event_level=ERROR":
+        integrations.append(LoggingIntegration(event_level=logging.ERROR))
+    elif logging_integration == "event_level=None":
+        integrations.append(LoggingIntegration(event_level=None))
+    held_back: list[bool] = []
+    _extensions.add_capture_hook(lambda exc, snapshot: held_back.append(snapshot.not_before > 0))
+    logger = logging.getLogger("test.sentry.wait")
+    logger.handlers = [PostHogHandler(reporter=reporter)]
+    logger.propagate = False
+    try:
+        with sentry_initialised(sentry_server.dsn, integrations=integrations):
+            try:
+                fail("logged")
+            except ValueError:
+                logger.exception("logged")
+    finally:
+        logger.handlers = []
+        _extensions._capture_hooks.pop()
+    assert held_back == [waits]

@@ -70,17 +70,30 @@ SENTRY_OPTIONS = {
 }
 
 
-def script(order: str, failure: str, integration: bool) -> str:
+# sentry-sdk 3.0's defaults for logging: no events from log records (the logging
+# integration off, or on with event_level=None). Only the excepthook then reports.
+SENTRY_3_LOGGING = ("logging-disabled", "event-level-none")
+
+
+def script(order: str, failure: str, integration: bool, logging_mode: str | None = None) -> str:
     steps = []
     for step in ORDERS[order]:
         if step == "install":
             steps.append("posthog_errors.install(client)")
         elif step == "init":
-            extra = "integrations=[PostHogIntegration(client)]," if integration else ""
+            integrations = ["PostHogIntegration(client)"] if integration else []
+            options = SENTRY_OPTIONS.get(failure, "")
             if integration:
                 steps.append("from posthog_errors.sentry import PostHogIntegration")
+            if logging_mode is not None:
+                steps.append("from sentry_sdk.integrations.logging import LoggingIntegration")
+                if logging_mode == "event-level-none":
+                    integrations.append("LoggingIntegration(event_level=None)")
+                else:
+                    options += "disabled_integrations=[LoggingIntegration],"
             steps.append(
-                f"sentry_sdk.init(dsn=sys.argv[2], {SENTRY_OPTIONS.get(failure, '')} {extra})"
+                f"sentry_sdk.init(dsn=sys.argv[2], {options}"
+                f" integrations=[{', '.join(integrations)}])"
             )
         else:
             steps.append(step)
@@ -115,7 +128,39 @@ def test_a_link_names_only_a_sent_sentry_event(
     failure: str,
     integration: bool,
 ) -> None:
-    program = script(order, failure, integration)
+    run_and_check(capture_server, sentry_server, script(order, failure, integration), failure)
+
+
+@pytest.mark.parametrize("integration", [False, True], ids=["bridge", "integration"])
+@pytest.mark.parametrize("logging_mode", SENTRY_3_LOGGING)
+@pytest.mark.parametrize("order", list(ORDERS))
+def test_with_sentry_3_logging_defaults_a_link_is_never_wrong(
+    capture_server: CaptureServer,
+    sentry_server: SentryServer,
+    order: str,
+    logging_mode: str,
+    integration: bool,
+) -> None:
+    """No Sentry event for the log record: the PostHog event from the log does not wait for
+    one. Sentry's excepthook reports the re-raised exception a moment later, with the
+    person; the PostHog event names it if it was decided before the event went out, and
+    never names anything else."""
+    program = script(order, "log-then-raise", integration, logging_mode)
+    run_and_check(capture_server, sentry_server, program, "log-then-raise", linked=False)
+    [sentry_event] = sentry_server.events
+    assert sentry_event["exception"]["values"][-1]["mechanism"]["type"] == "excepthook"
+    [event] = capture_server.events
+    assert event["properties"].get("$sentry_event_id") in (None, sentry_event["event_id"])
+
+
+def run_and_check(
+    capture_server: CaptureServer,
+    sentry_server: SentryServer,
+    program: str,
+    failure: str,
+    *,
+    linked: bool = True,
+) -> None:
     result = subprocess.run(
         [
             sys.executable,
@@ -144,7 +189,8 @@ def test_a_link_names_only_a_sent_sentry_event(
     assert events[0]["distinct_id"] == "user-1"
     if expect_sentry:
         [sentry_event] = sent.values()
-        assert props.get("$sentry_event_id") == sentry_event["event_id"], props
+        if linked:
+            assert props.get("$sentry_event_id") == sentry_event["event_id"], props
         assert sentry_event["tags"]["posthog_distinct_id"] == "user-1"
         assert sentry_event["tags"]["PostHog Person URL"].endswith("/person/user-1")
     else:
