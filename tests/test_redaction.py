@@ -620,8 +620,7 @@ def test_sentry_data_is_redacted_and_locals_dropped(
 def test_sentry_locals_are_kept_and_redacted_with_code_variables_on(
     capture_server: CaptureServer, sentry_server: SentryServer, posthog_client: posthog.Posthog
 ) -> None:
-    integration = PostHogIntegration(posthog_client)
-    integration.reporter = Reporter(posthog_client, capture_code_variables=True)
+    integration = PostHogIntegration(posthog_client, capture_code_variables=True)
     with sentry_initialised(sentry_server.dsn, integrations=[integration]):
         sentry_sdk.capture_exception(sentry_failure())
     assert posthog_errors.flush(5)
