@@ -19,6 +19,7 @@ from posthog_errors._context import (
 )
 from posthog_errors._install import Installation, install
 from posthog_errors._payload import exception_properties
+from posthog_errors._steps import add_step
 from posthog_errors.handler import PostHogHandler
 
 __version__ = "0.1.0"
@@ -31,6 +32,7 @@ __all__ = [
     "Installation",
     "PostHogHandler",
     "__version__",
+    "add_step",
     "bind",
     "capture_exception",
     "carry_context",

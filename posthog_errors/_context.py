@@ -241,6 +241,32 @@ def _from_sentry() -> tuple[str | None, str | None]:
 _FALLBACKS = (_from_posthog, _from_structlog, _from_sentry)
 
 
+def caller_properties() -> dict[str, Any] | None:
+    """What only the caller's thread knows, read when an exception is captured (the worker
+    that builds the event has none of it): posthog-python's context tags (``posthog.tag()``
+    inside ``new_context()``, and the request tags its own middlewares set), and the active
+    OpenTelemetry span as ``$trace_id``/``$span_id``. Neither library is imported here."""
+    properties: dict[str, Any] = {}
+    contexts = sys.modules.get("posthog.contexts")
+    if contexts is not None:
+        try:
+            tags = contexts.get_tags()
+            if isinstance(tags, dict):
+                properties.update(tags)
+        except Exception:
+            pass  # a posthog without context tags
+    trace = sys.modules.get("opentelemetry.trace")
+    if trace is not None:
+        try:
+            span = trace.get_current_span().get_span_context()
+            if span.is_valid:
+                properties["$trace_id"] = format(span.trace_id, "032x")
+                properties["$span_id"] = format(span.span_id, "016x")
+        except Exception:
+            pass  # an opentelemetry-api we cannot read
+    return properties or None
+
+
 def carry_context(function: Callable[P, R]) -> Callable[P, R]:
     """Wrap ``function`` to run in a copy of the current context, wherever it is called.
 

@@ -96,6 +96,9 @@ def install(
     redact_keys: Iterable[str] = (),
     redact_patterns: Iterable[str | re.Pattern[str]] = (),
     capture_code_variables: bool = False,
+    steps: bool = True,
+    steps_levels: str | int | Iterable[str | int] = ("info", "warning"),
+    release: str | None = None,
     rate_limit: tuple[int, float] | None = (
         _rate_limit.DEFAULT_BURST,
         _rate_limit.DEFAULT_PER_SECOND,
@@ -114,6 +117,10 @@ def install(
     ``rate_limit`` is ``(burst, refills per second)`` per failure site, or None for off.
     ``redact_secrets`` filters credentials from everything sent; ``redact_keys`` adds key
     names (``["ssn", "iban"]``) and ``redact_patterns`` regexes to the built-in rules.
+    ``steps`` keeps the records below the allow list at ``steps_levels`` (INFO and WARNING)
+    as the context's exception steps, sent with its next ``$exception`` (``add_step()``
+    adds your own). ``release`` is sent as ``$release_id`` (default: the
+    ``POSTHOG_RELEASE_ID`` environment variable).
 
     Calling it again while installed returns the existing installation, and warns naming
     the options that differ (they are ignored). Bad options raise ``ValueError``/
@@ -144,9 +151,16 @@ def install(
             redact_keys=redact_keys,
             redact_patterns=redact_patterns,
             capture_code_variables=capture_code_variables,
+            release=release,
         )
         handler = (
-            PostHogHandler(levels=levels, capture_messages=capture_messages, reporter=reporter)
+            PostHogHandler(
+                levels=levels,
+                capture_messages=capture_messages,
+                steps=steps,
+                steps_levels=steps_levels,
+                reporter=reporter,
+            )
             if logs
             else None
         )

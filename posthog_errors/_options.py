@@ -51,8 +51,14 @@ class PayloadOptions:
     redact_patterns: tuple[re.Pattern[str], ...] = ()
     capture_code_variables: bool = False
     code_variables_budget: int = 16 * 1024
+    # Sent as $release_id (an explicit property wins); POSTHOG_RELEASE_ID when not given.
+    release: str | None = None
 
     def __post_init__(self) -> None:
+        if self.release is not None and not isinstance(self.release, str):
+            raise TypeError(f"release must be a string or None, got {self.release!r}")
+        release = self.release or os.environ.get("POSTHOG_RELEASE_ID") or None
+        object.__setattr__(self, "release", release)
         object.__setattr__(self, "in_app_include", _modules("in_app_include", self.in_app_include))
         object.__setattr__(self, "in_app_exclude", _modules("in_app_exclude", self.in_app_exclude))
         if self.project_root is not None:

@@ -41,6 +41,7 @@ from posthog_errors._conform import MAX_VALUE_BYTES, cut_utf8, sanitize_typed_ke
 from posthog_errors._frames import FrameBuilder, safe_text
 from posthog_errors._options import PayloadOptions, as_names
 from posthog_errors._snapshot import EventSnapshot, ExceptionSnapshot, walk_exceptions
+from posthog_errors._steps import render as render_steps
 
 __all__ = [
     "LEVELS",
@@ -203,6 +204,15 @@ def build_properties_sized(
         list_bound = json_size(entries)
 
     user = snapshot.properties
+    added: dict[str, Any] = {}
+    if snapshot.steps is not None and not (user and "$exception_steps" in user):
+        steps = render_steps(snapshot.steps)
+        if steps:  # redacted below with the other properties
+            added["$exception_steps"] = steps
+    if options.release and not (user and "$release_id" in user):
+        added["$release_id"] = options.release
+    if added:
+        user = {**user, **added} if user else added
     if user and redactor is not None:
         # Before json_safe's cut: every text redacted first, keys checked, at any depth.
         user = redactor.properties(user, _MAX_PROPERTY_TEXT)

@@ -44,7 +44,15 @@ import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any
 
-from posthog_errors import _context, _dedupe, _extensions, _guard, _rate_limit, _receipts
+from posthog_errors import (
+    _context,
+    _dedupe,
+    _extensions,
+    _guard,
+    _rate_limit,
+    _receipts,
+    _steps,
+)
 from posthog_errors._client import ClientSource
 from posthog_errors._conform import (
     bad_input,
@@ -147,6 +155,7 @@ class Reporter:
         redact_keys: Iterable[str] = (),
         redact_patterns: Iterable[str | re.Pattern[str]] = (),
         capture_code_variables: bool = False,
+        release: str | None = None,
     ) -> None:
         self.client_source = ClientSource(
             client, api_key=api_key, host=host, fallback=self._installed_client
@@ -160,6 +169,7 @@ class Reporter:
             redact_keys=key_words(redact_keys),
             redact_patterns=compile_patterns(redact_patterns),
             capture_code_variables=bool(capture_code_variables),
+            release=release,
         )
         self.frames = FrameBuilder(self.options)
         # A message is kept longer than it is sent: redacted on the worker, then cut.
@@ -380,6 +390,11 @@ class Reporter:
         )
         if bound:
             properties = {**bound, **properties} if properties else dict(bound)
+        # What only the caller's thread knows: posthog-python's context tags, the active
+        # OpenTelemetry span. Below bound and explicit properties.
+        caller = _context.caller_properties()
+        if caller:
+            properties = {**caller, **properties} if properties else caller
         snapshot = EventSnapshot(
             uuid=event_uuid,
             timestamp=time.time(),
@@ -397,6 +412,7 @@ class Reporter:
             prebuilt_exceptions=prebuilt,
             locals_permit=locals_permit,
             exception_ref=None if exc is None else exception_reference(exc),
+            steps=_steps.current(),
         )
         _extensions.run_capture_hooks(exc, snapshot)
         undecided = exc is not None and self.before_send is not None and not delivery.redirected

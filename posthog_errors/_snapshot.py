@@ -107,6 +107,8 @@ class EventSnapshot:
     client: Any = None  # the posthog client resolved on the caller's thread
     reporter: Any = None  # the Reporter that took the snapshot and will deliver it
     late: LateProperties | None = None
+    # The caller's trail of exception steps (``_steps``): rendered by the worker.
+    steps: Any = None
     not_before: float = 0.0  # time.monotonic() before which the worker should not build it
     # An $exception_list built elsewhere (from a Sentry event with no live exception).
     prebuilt_exceptions: list[dict[str, Any]] | None = None

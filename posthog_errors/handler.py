@@ -27,6 +27,7 @@ from posthog_errors._log_message import (
 )
 from posthog_errors._reporter import BeforeSend, Reporter
 from posthog_errors._stats import STATS
+from posthog_errors._steps import add_record as add_step_record
 
 __all__ = ["DEFAULT_IGNORED_LOGGERS", "PostHogHandler"]
 
@@ -73,11 +74,16 @@ class PostHogHandler(logging.Handler):
         redact_secrets: bool | str = True,
         redact_keys: Iterable[str] | str = (),
         redact_patterns: Iterable[str] | str = (),
+        release: str | None = None,
+        steps: bool | str = True,
+        steps_levels: str | int | Iterable[str | int] = ("info", "warning"),
         reporter: Reporter | None = None,
     ) -> None:
         self.levels = LevelAllowList(levels)
+        # Records below the allow list at these levels become exception steps (``_steps``).
+        self.steps = LevelAllowList(steps_levels) if _boolean("steps", steps) else None
         super().__init__(level)
-        self.level = max(self.level, self.levels.lowest)
+        self.level = max(self.level, self._lowest())
         self.capture_messages = _boolean("capture_messages", capture_messages)
         ignored = [ignore_loggers] if isinstance(ignore_loggers, str) else list(ignore_loggers)
         self.ignore_loggers = DEFAULT_IGNORED_LOGGERS + tuple(_logger_patterns(ignored))
@@ -95,17 +101,34 @@ class PostHogHandler(logging.Handler):
                 redact_secrets=_boolean("redact_secrets", redact_secrets),
                 redact_keys=redact_keys,  # a single name or regex from a config file: one
                 redact_patterns=redact_patterns,
+                release=release,
             )
         self.reporter = reporter
 
     def setLevel(self, level: int | str) -> None:
         """Never below the lowest allowed level, so unwanted records cost nothing."""
         super().setLevel(level)
-        self.level = max(self.level, self.levels.lowest)
+        self.level = max(self.level, self._lowest())
+
+    def _lowest(self) -> int:
+        """The lowest level this handler looks at: the allow list's, or the steps' below it."""
+        steps = self.steps
+        return self.levels.lowest if steps is None else min(self.levels.lowest, steps.lowest)
 
     def handle(self, record: logging.LogRecord) -> bool:
         # No handler lock: emit() shares no state between calls.
-        if not self.levels.allows(record.levelno) or _guard.inside_library():
+        levelno = record.levelno
+        if not self.levels.allows(levelno):
+            steps = self.steps
+            if (
+                steps is not None
+                and steps.allows(levelno)
+                and not self._is_ignored(record.name)
+                and (not self.filters or self.filter(record))
+            ):
+                add_step_record(record)  # a step of the trail, not an event
+            return False
+        if _guard.inside_library():
             return False
         if self._is_ignored(record.name) or not self.filter(record):
             return False

@@ -9,6 +9,7 @@ null, and JSON nested no deeper than the server takes.
 
 from __future__ import annotations
 
+import datetime
 import json
 import uuid
 from typing import Any
@@ -116,6 +117,10 @@ def assert_properties_conform(props: dict[str, Any]) -> None:
     assert_typed_keys_conform(props)
     if "$session_id" in props:
         assert isinstance(props["$session_id"], str)
+    if "$exception_steps" in props:
+        assert_steps_conform(props["$exception_steps"])
+    if "$release_id" in props:
+        assert isinstance(props["$release_id"], str) and props["$release_id"]
     ids = set()
     for index, entry in enumerate(exceptions):
         assert_entry_conforms(entry, root=index == 0)
@@ -124,6 +129,21 @@ def assert_properties_conform(props: dict[str, Any]) -> None:
         if index:
             assert mechanism["parent_id"] in ids  # parents come before their children
     json.dumps(props, allow_nan=False).encode("utf-8")  # lone surrogates would raise here
+
+
+def assert_steps_conform(steps: Any) -> None:
+    """``$exception_steps``: objects with a non-empty ``$message`` and an ISO 8601 or epoch
+    ``$timestamp`` (the server skips others), within posthog-js's 32,768-byte budget."""
+    assert isinstance(steps, list) and steps, steps
+    for step in steps:
+        assert isinstance(step, dict), step
+        assert isinstance(step.get("$message"), str) and step["$message"], step
+        stamp = step.get("$timestamp")
+        if isinstance(stamp, str):
+            datetime.datetime.fromisoformat(stamp)
+        else:
+            assert isinstance(stamp, (int, float)) and not isinstance(stamp, bool), step
+    assert len(json.dumps(steps).encode()) <= 32_768
 
 
 def assert_entry_conforms(entry: dict[str, Any], *, root: bool) -> None:

@@ -99,10 +99,14 @@ def test_unknown_levels_fail_at_configuration_with_a_clear_message(bad: Any) -> 
 
 
 def test_handler_level_is_the_lowest_allowed_level_even_if_set_lower() -> None:
-    handler = PostHogHandler(levels=["warning", "error"], client=lambda: None)
+    handler = PostHogHandler(levels=["warning", "error"], client=lambda: None, steps=False)
     assert handler.level == logging.WARNING
     handler.setLevel(logging.DEBUG)
     assert handler.level == logging.WARNING
+    # With exception steps (the default), the lowest of the allow list and steps_levels.
+    assert PostHogHandler(levels="error", client=lambda: None).level == logging.INFO
+    stepping = PostHogHandler(levels="error", steps_levels="warning", client=lambda: None)
+    assert stepping.level == logging.WARNING
 
 
 def test_gap_allow_list_over_the_wire(
@@ -300,7 +304,8 @@ def test_fileconfig_example_from_the_docs(
     path.write_text(ini)
     logging.config.fileConfig(path)
     [handler] = logging.getLogger().handlers
-    assert isinstance(handler, PostHogHandler) and handler.level == logging.ERROR
+    # INFO: the default steps_levels (INFO, WARNING) are below the allow list.
+    assert isinstance(handler, PostHogHandler) and handler.level == logging.INFO
     # fileConfig disables loggers that existed before it, so log through the root logger.
     logging.getLogger().error("inventory %s out of sync", "sku-2")
     assert posthog_errors.flush(5)

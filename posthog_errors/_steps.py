@@ -1,0 +1,220 @@
+"""Exception steps: what the app logged before it failed, sent as ``$exception_steps``.
+
+PostHog shows ``$exception_steps`` as a timeline on the issue (exception-event.md): a list
+of ``{"$message", "$timestamp", ...}`` objects, oldest first. Here they come from log
+records below the allow list (INFO and WARNING by default), from structlog events, and from
+:func:`add_step`.
+
+**Per context.** The trail lives in a :class:`contextvars.ContextVar`, so a thread, an
+asyncio task and a web request each see only their own steps. It is a linked list of
+immutable nodes, newest first: adding a step makes a new head and sets the variable. A
+task created inside a request copies the request's context, so it starts from the
+request's steps and its own additions stay its own; the request never sees them. The
+middlewares start each request with an empty trail (:func:`start_trail`).
+
+**Cheap on the caller's thread.** A step from logging keeps the :class:`logging.LogRecord`
+itself: no formatting, no copying, one small object and one ``ContextVar.set`` (the cost
+is in docs/performance.md). Everything else happens on the worker, when an event takes
+the trail: messages formatted and cut, the record's plain extras kept, all of it redacted
+with the event's properties.
+
+**Bounded.** A trail keeps at most ``MAX_STEPS`` steps: once it reaches twice that, the
+next step rebuilds it from the newest ``MAX_STEPS`` (shared older nodes are left to the
+contexts that still hold them), so a context holds at most ``2 * MAX_STEPS`` nodes. An
+event sends the newest steps that fit in ``MAX_STEP_BYTES`` of JSON (posthog-js's 32,768
+bytes), oldest dropped first, and never replaces a ``$exception_steps`` the caller set.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime
+import json
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from posthog_errors import _guard
+from posthog_errors._levels import posthog_level
+
+__all__ = [
+    "MAX_STEPS",
+    "MAX_STEP_BYTES",
+    "add_record",
+    "add_step",
+    "current",
+    "render",
+    "start_trail",
+]
+
+MAX_STEPS = 100
+MAX_STEP_BYTES = 32_768
+MAX_MESSAGE_LENGTH = 1_024  # characters of one step's message
+
+# Attributes every LogRecord has; anything else on a record came from ``extra=``.
+_RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message",
+    "asctime",
+    "taskName",
+    "_posthog_errors_sent",
+}
+_PLAIN = (str, int, float, bool)
+
+
+class _Step:
+    """One node of a trail: a LogRecord, or a ready step (a dict), and the older nodes."""
+
+    __slots__ = ("depth", "item", "older")
+
+    def __init__(self, item: Any, older: _Step | None, depth: int) -> None:
+        self.item = item
+        self.older = older
+        self.depth = depth
+
+
+_TRAIL: contextvars.ContextVar[_Step | None] = contextvars.ContextVar(
+    "posthog_errors_steps", default=None
+)
+
+
+def add_record(record: logging.LogRecord) -> None:
+    """Add a log record to the current context's trail (the logging doors' hot path)."""
+    head = _TRAIL.get()
+    if head is None:
+        _TRAIL.set(_Step(record, None, 1))
+    elif head.item is record:
+        return  # install()'s hook and an explicit PostHogHandler both saw it
+    elif head.depth < 2 * MAX_STEPS:
+        _TRAIL.set(_Step(record, head, head.depth + 1))
+    else:
+        _push(record)
+
+
+def add_step(message: object, **properties: Any) -> None:
+    """Add a step to the current context's trail: ``message`` and any properties, shown on
+    the timeline of the next ``$exception`` captured in this context (a request, a task,
+    a thread). Properties are redacted like every other property when an event sends
+    them. Never raises."""
+    try:
+        _push(_step(message, properties))
+    except Exception as error:
+        _guard.internal_error(error)
+
+
+def add_event_dict(event_dict: Mapping[str, Any], level: str, logger_name: str) -> None:
+    """Add a structlog event (below the allow list) to the trail, its plain values copied."""
+    properties = {
+        key: value
+        for key, value in event_dict.items()
+        if key != "event" and not key.startswith("_") and isinstance(value, _PLAIN)
+    }
+    properties["level"] = level
+    properties["logger"] = logger_name
+    message = event_dict.get("event")
+    _push(_step("" if message is None else message, properties))
+
+
+def _step(message: object, properties: dict[str, Any]) -> dict[str, Any]:
+    try:
+        text = message if isinstance(message, str) else str(message)
+    except Exception:
+        text = f"<unprintable {type(message).__name__}>"
+    return {**properties, "$message": text[:MAX_MESSAGE_LENGTH], "$timestamp": time.time()}
+
+
+def _push(item: Any) -> None:
+    head = _TRAIL.get()
+    if head is not None and head.depth >= 2 * MAX_STEPS:
+        head = _compact(head)
+    _TRAIL.set(_Step(item, head, 1 if head is None else head.depth + 1))
+
+
+def current() -> _Step | None:
+    """The current context's trail (its newest node), for a snapshot to carry."""
+    return _TRAIL.get()
+
+
+def start_trail() -> contextvars.Token[_Step | None]:
+    """An empty trail for what runs from now in this context (a request); give the token
+    to :func:`end_trail` when it is over."""
+    return _TRAIL.set(None)
+
+
+def end_trail(token: contextvars.Token[_Step | None]) -> None:
+    try:
+        _TRAIL.reset(token)
+    except ValueError:  # reset from another context: leave that context's trail alone
+        _TRAIL.set(None)
+
+
+def _compact(head: _Step) -> _Step:
+    """A new trail of the newest ``MAX_STEPS - 1`` steps of ``head`` (room for one more)."""
+    items: list[Any] = []
+    node: _Step | None = head
+    while node is not None and len(items) < MAX_STEPS - 1:
+        items.append(node.item)
+        node = node.older
+    rebuilt: _Step | None = None
+    for depth, item in enumerate(reversed(items), start=1):
+        rebuilt = _Step(item, rebuilt, depth)
+    assert rebuilt is not None
+    return rebuilt
+
+
+def render(head: _Step | None, max_bytes: int = MAX_STEP_BYTES) -> list[dict[str, Any]]:
+    """The steps of a trail as PostHog takes them, oldest first: the newest that fit in
+    ``max_bytes`` of JSON. Runs on the worker."""
+    steps: list[dict[str, Any]] = []
+    used = 2  # the list's brackets
+    node = head
+    while node is not None and len(steps) < MAX_STEPS:
+        step = _as_step(node.item)
+        node = node.older
+        if step is None:
+            continue
+        size = len(json.dumps(step, default=str)) + 1
+        if used + size > max_bytes:
+            break
+        used += size
+        steps.append(step)
+    steps.reverse()
+    return steps
+
+
+def _as_step(item: Any) -> dict[str, Any] | None:
+    if isinstance(item, logging.LogRecord):
+        return _record_step(item)
+    if isinstance(item, dict):
+        step = dict(item)
+        stamp = step.get("$timestamp")
+        if isinstance(stamp, float):
+            step["$timestamp"] = _iso(stamp)
+        return step if step.get("$message") else None
+    return None
+
+
+def _record_step(record: logging.LogRecord) -> dict[str, Any] | None:
+    try:
+        message = record.getMessage()
+    except Exception:
+        try:
+            message = str(record.msg)
+        except Exception:
+            return None
+    if not message:
+        return None
+    step: dict[str, Any] = {
+        key: value
+        for key, value in vars(record).items()
+        if key not in _RECORD_ATTRIBUTES and not key.startswith("_") and isinstance(value, _PLAIN)
+    }
+    step["$message"] = message[:MAX_MESSAGE_LENGTH]
+    step["$timestamp"] = _iso(record.created)
+    step["level"] = posthog_level(record.levelno)
+    step["logger"] = record.name
+    return step
+
+
+def _iso(epoch: float) -> str:
+    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).isoformat()
