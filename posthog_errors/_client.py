@@ -10,6 +10,8 @@ With none of them, a single warning, and nothing is captured: never an exception
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import logging
 import os
 import threading
@@ -142,6 +144,11 @@ def warm_up_posthog() -> None:
     that moment leaves the child waiting for ever on a lock the worker held, and under
     gevent the subprocess's fork resumes the app's main greenlet in the child, which then
     runs app code twice. ``install()`` calls this at start-up instead.
+
+    Also imported now: what ``requests`` imports inside its first request (``netrc``, for
+    ``get_netrc_auth``). A first import holds that module's import lock; a fork at that
+    moment left the child's consumer waiting for ever on a lock no thread of the child
+    holds, and its event unsent (seen with faulthandler in the fork test).
     """
     try:
         from posthog.utils import system_context
@@ -149,3 +156,6 @@ def warm_up_posthog() -> None:
         system_context()
     except Exception:  # an older or newer client without it: nothing to warm up
         pass
+    for module in ("netrc", "encodings.idna"):
+        with contextlib.suppress(Exception):
+            importlib.import_module(module)
