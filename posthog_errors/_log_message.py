@@ -1,9 +1,18 @@
 """What the logging doors share for message-only events, and for not sending one twice.
 
 A log record without an exception still becomes an ``$exception`` event: one synthetic entry
-whose stack is the logging call site (logging's and structlog's own frames removed), grouped
-by a fingerprint of the logger name and the unformatted template, and rate limited per call
-site (so f-string messages from one line share one budget).
+whose stack is the logging call site (logging's and structlog's own frames removed), and rate
+limited per call site (so f-string messages from one line share one budget).
+
+**Grouping.** PostHog groups it, not us: no ``$exception_fingerprint`` is sent unless the
+user set one (a manual fingerprint overrides the team's grouping rules). The server hashes
+each entry's ``type`` and its in-app frames' file, module and function, so the synthetic
+entry's type carries what must tell issues apart: ``LogMessage[<digest>]``, the digest of
+the logger name and the **unformatted** template (:func:`fingerprint`, the
+``logger:template`` text that was the manual fingerprint before, and is still the rate
+limit's key). One template from one logger is then one issue per in-app call path,
+whatever the arguments (line numbers never count); another template or logger is another
+issue. The issue gets a readable ``$issue_name``, ``logger: template`` (:func:`issue_name`).
 
 Everything here costs the caller a bounded amount, whatever the size of the message: a
 huge template is hashed by its head and length, and messages are compared by their heads.
@@ -26,9 +35,13 @@ from typing import Any
 from posthog_errors._snapshot import FrameRef, frames_from_stack
 
 __all__ = [
+    "ISSUE_NAME_BYTES",
     "TEXT_HEAD",
+    "MessageGroup",
     "call_site_frames",
     "fingerprint",
+    "group_digest",
+    "issue_name",
     "mark_record_sent",
     "mark_structlog_message",
     "message_rate_key",
@@ -46,6 +59,11 @@ _RECORD_MARK = "_posthog_errors_sent"
 TEXT_HEAD = 8192
 # Templates up to this length are their own fingerprint.
 _VERBATIM = 200
+# The server's limit for ``$issue_name``, in UTF-8 bytes; and how much of a template (and of
+# a logger name) a group keeps to make it: more characters than the name can hold, so that a
+# longer one is always cut, and marked.
+ISSUE_NAME_BYTES = 255
+_NAME_HEAD = 2 * ISSUE_NAME_BYTES
 
 # (id of the structlog event dict, comparable head of the formatted message) of the message
 # the structlog processor just sent in this context; the stdlib handler in the same call
@@ -55,8 +73,22 @@ _recent_structlog_message: contextvars.ContextVar[tuple[int, tuple[bool, str]] |
 )
 
 
-def fingerprint(logger_name: str, template: str) -> str:
-    """One issue per (logger, unformatted template), whatever the arguments.
+class MessageGroup(str):
+    """The automatic grouping of a message-only event, made by :func:`fingerprint`.
+
+    As a string, ``logger:template`` (what the rate limit keys on). The payload never sends
+    it as ``$exception_fingerprint``: it types the synthetic entry with its digest
+    (:func:`group_digest`) and names the issue from ``logger_name`` and ``template_head``
+    (:func:`issue_name`). A plain ``str`` fingerprint on a message event is the user's (a
+    record's ``extra``), and is sent.
+    """
+
+    logger_name: str
+    template_head: str  # the template's first _NAME_HEAD characters
+
+
+def fingerprint(logger_name: str, template: str) -> MessageGroup:
+    """One group per (logger, unformatted template), whatever the arguments.
 
     A template of up to 200 characters is used verbatim. A longer one becomes its first 100
     characters and a 16-hex-digit SHA-256 digest. Up to ``TEXT_HEAD`` (8192) characters the
@@ -68,15 +100,34 @@ def fingerprint(logger_name: str, template: str) -> str:
     """
     length = len(template)
     if length <= _VERBATIM:
-        return f"{logger_name}:{template}"
-    if length <= TEXT_HEAD:
-        data = template.encode("utf-8", "replace")
+        group = MessageGroup(f"{logger_name}:{template}")
     else:
-        # Unambiguous: a template of at most TEXT_HEAD characters never hashes these bytes
-        # (they start with TEXT_HEAD characters and go on).
-        data = template[:TEXT_HEAD].encode("utf-8", "replace") + b"\0%d" % length
-    digest = hashlib.sha256(data).hexdigest()[:16]
-    return f"{logger_name}:{template[:100]}...{digest}"
+        if length <= TEXT_HEAD:
+            data = template.encode("utf-8", "replace")
+        else:
+            # Unambiguous: a template of at most TEXT_HEAD characters never hashes these
+            # bytes (they start with TEXT_HEAD characters and go on).
+            data = template[:TEXT_HEAD].encode("utf-8", "replace") + b"\0%d" % length
+        digest = hashlib.sha256(data).hexdigest()[:16]
+        group = MessageGroup(f"{logger_name}:{template[:100]}...{digest}")
+    group.logger_name = logger_name
+    group.template_head = template[:_NAME_HEAD]
+    return group
+
+
+def group_digest(group_text: str) -> str:
+    """12 hex digits of SHA-256 of a group's ``logger:template`` text (redacted, by the
+    payload, when redaction is on: a digest must not let a filtered secret be guessed).
+    Stable across processes and versions of Python, unlike ``hash()``."""
+    return hashlib.sha256(group_text.encode("utf-8", "replace")).hexdigest()[:12]
+
+
+def issue_name(logger_name: str, text: str) -> str:
+    """``logger: template`` on one line (runs of whitespace made one space), from bounded
+    heads of both; not yet redacted or cut to ``ISSUE_NAME_BYTES``."""
+    head = text[:_NAME_HEAD] + ("..." if len(text) > _NAME_HEAD else "")
+    name = f"{logger_name[:_NAME_HEAD]}: {head}" if logger_name else head
+    return " ".join(name.split())
 
 
 def message_rate_key(

@@ -39,6 +39,7 @@ from typing import Any
 from posthog_errors._code_variables import VariableBudget, int_text, serialize_locals
 from posthog_errors._conform import MAX_VALUE_BYTES, cut_utf8, sanitize_typed_keys
 from posthog_errors._frames import FrameBuilder, safe_text
+from posthog_errors._log_message import ISSUE_NAME_BYTES, MessageGroup, group_digest, issue_name
 from posthog_errors._options import PayloadOptions, as_names
 from posthog_errors._snapshot import EventSnapshot, ExceptionSnapshot, walk_exceptions
 from posthog_errors._steps import render as render_steps
@@ -224,7 +225,10 @@ def build_properties_sized(
     properties["$exception_level"] = snapshot.level
     properties["$exception_source"] = snapshot.source
     properties["$exception_handled"] = snapshot.handled
-    fingerprint = snapshot.fingerprint or properties.get("$exception_fingerprint")
+    fingerprint = snapshot.fingerprint
+    if snapshot.exceptions and snapshot.exceptions[0].is_message and entries:
+        fingerprint = _message_issue(properties, entries[0], fingerprint, redactor)
+    fingerprint = fingerprint or properties.get("$exception_fingerprint")
     if fingerprint is not None:
         fingerprint_text = _fingerprint_text(fingerprint)
         if redactor is not None:
@@ -419,6 +423,36 @@ def _fit_user_properties(properties: dict[str, Any], budget: int) -> int:
             properties[key] = preview
             size += json_size({key: preview}) - 2
     return size
+
+
+def _message_issue(
+    properties: dict[str, Any], entry: dict[str, Any], fingerprint: str | None, redactor: Any
+) -> str | None:
+    """Type and name a message-only event's issue; returns the fingerprint to send.
+
+    Its automatic group (a ``MessageGroup``, see ``_log_message``) is never sent as
+    ``$exception_fingerprint``, which would override the team's grouping rules: the
+    synthetic entry's ``type`` carries the group's digest instead, which PostHog hashes with
+    the in-app frames of the call site. A plain string is the user's own, and is sent. The
+    issue's name is ``logger: template`` (or, with the user's fingerprint, ``logger:
+    message``), redacted and cut to the server's 255 bytes; its description is left to the
+    server's default, the first event's value: the formatted message.
+    """
+    if isinstance(fingerprint, MessageGroup):
+        group_text = str.__str__(fingerprint)
+        if redactor is not None:
+            group_text = redactor.fingerprint(group_text)
+        entry["type"] = f"{MESSAGE_TYPE}[{group_digest(group_text)}]"
+        name = issue_name(fingerprint.logger_name, fingerprint.template_head)
+        fingerprint = None
+    else:
+        logger = properties.get("logger")
+        name = issue_name(logger if isinstance(logger, str) else "", str(entry.get("value", "")))
+    if "$issue_name" not in properties and name:
+        if redactor is not None:
+            name = redactor.text(name, ISSUE_NAME_BYTES)
+        properties["$issue_name"] = cut_utf8(safe_text(name, ISSUE_NAME_BYTES), ISSUE_NAME_BYTES)
+    return fingerprint
 
 
 def _fingerprint_text(value: object) -> str:

@@ -57,6 +57,12 @@ def myapp(tmp_path: Path, posthog_client: posthog.Posthog) -> Iterator[None]:
         sys.modules.pop(name, None)
 
 
+def kind(event: dict[str, Any]) -> str:
+    """An event's exception type; ``LogMessage`` for every message-only event (its type is
+    ``LogMessage[<digest of logger and template>]``)."""
+    return str(event["properties"]["$exception_list"][0]["type"]).split("[")[0]
+
+
 def attach(logger: logging.Logger, handler: logging.Handler, level: int) -> None:
     logger.handlers = [handler]
     logger.propagate = False
@@ -165,10 +171,13 @@ def test_message_records_group_by_template_and_show_the_call_site(
     events = capture_server.wait_for_events(2)
     values = sorted(e["properties"]["$exception_list"][0]["value"] for e in events)
     assert values == ["order A-1 failed", "order B-2 failed"]
-    fingerprints = {e["properties"]["$exception_fingerprint"] for e in events}
-    assert fingerprints == {"test.messages:order %s failed"}
+    # One issue, grouped by PostHog itself: no manual fingerprint (it would override the
+    # team's grouping rules), one synthetic type for the template, a readable name.
+    assert not any("$exception_fingerprint" in e["properties"] for e in events)
+    types = {e["properties"]["$exception_list"][0]["type"] for e in events}
+    assert len(types) == 1 and re.fullmatch(r"LogMessage\[[0-9a-f]{12}\]", types.pop())
+    assert {e["properties"]["$issue_name"] for e in events} == {"test.messages: order %s failed"}
     entry = events[0]["properties"]["$exception_list"][0]
-    assert entry["type"] == "LogMessage"
     assert entry["mechanism"]["synthetic"] is True
     frames = entry["stacktrace"]["frames"]
     assert frames[-1]["function"] == "test_message_records_group_by_template_and_show_the_call_site"
@@ -213,7 +222,7 @@ def test_structlog_event_dict_in_msg_is_read_as_an_event(
     logger.error({"event": "no exception here", "distinct_id": "u-1"})
     assert posthog_errors.flush(5)
     events = capture_server.wait_for_events(2)
-    by_type = {e["properties"]["$exception_list"][0]["type"]: e for e in events}
+    by_type = {kind(e): e for e in events}
     failed = by_type["ValueError"]["properties"]
     assert failed["log_message"] == "payment failed"
     assert failed["order"] == 7 and failed["password"] == "[Filtered]"
@@ -291,7 +300,7 @@ def test_dictconfig_examples_from_the_docs(
         logger.exception("checkout failed")  # both
     assert posthog_errors.flush(5)
     events = capture_server.wait_for_events(2)
-    types = sorted(e["properties"]["$exception_list"][0]["type"] for e in events)
+    types = sorted(kind(e) for e in events)
     assert types == [["LogMessage", "ValueError"], ["KeyError", "ValueError"]][index]
     assert posthog_errors.stats()["sent"] == 2
 
@@ -310,7 +319,8 @@ def test_fileconfig_example_from_the_docs(
     logging.getLogger().error("inventory %s out of sync", "sku-2")
     assert posthog_errors.flush(5)
     [event] = capture_server.wait_for_events(1)
-    assert event["properties"]["$exception_fingerprint"] == "root:inventory %s out of sync"
+    assert event["properties"]["$issue_name"] == "root: inventory %s out of sync"
+    assert "$exception_fingerprint" not in event["properties"]
 
 
 def test_an_extra_fingerprint_wins_over_the_template(
@@ -322,3 +332,4 @@ def test_an_extra_fingerprint_wins_over_the_template(
     assert posthog_errors.flush(5)
     [event] = capture_server.wait_for_events(1)
     assert event["properties"]["$exception_fingerprint"] == "payments"
+    assert event["properties"]["$issue_name"] == "test.fingerprint: payment A-1 declined"

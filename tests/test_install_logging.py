@@ -107,7 +107,8 @@ def reported(events: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
     for event in events:
         props = event["properties"]
         entry = props["$exception_list"][0]
-        rows.append((props.get("logger", ""), entry["type"], entry["value"]))
+        # A message's type is LogMessage[<digest of logger and template>]: compared by name.
+        rows.append((props.get("logger", ""), entry["type"].split("[")[0], entry["value"]))
     return sorted(rows)
 
 

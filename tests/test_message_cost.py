@@ -29,6 +29,7 @@ from posthog_errors import PostHogHandler, _rate_limit
 from posthog_errors._log_message import (
     TEXT_HEAD,
     fingerprint,
+    group_digest,
     mark_structlog_message,
     was_sent_by_structlog,
 )
@@ -165,12 +166,17 @@ def test_a_50_mb_message_costs_the_caller_no_copy_and_arrives_bounded(
     by_function = {
         e["properties"]["$exception_list"][0]["stacktrace"]["frames"][-1]["function"]: e
         for e in events
-        if e["properties"]["$exception_list"][0]["type"] == "LogMessage"
+        if e["properties"]["$exception_list"][0]["type"].startswith("LogMessage[")
     }
     big = "x" * MB50
     fstring = by_function["fstring"]["properties"]
-    assert fstring["$exception_fingerprint"] == fingerprint("test.big", big)
-    assert len(fstring["$exception_fingerprint"]) < 200
+    # Grouped by PostHog from the synthetic type, a digest of the bounded fingerprint; no
+    # manual fingerprint; a name of at most 255 bytes.
+    assert "$exception_fingerprint" not in fstring
+    assert fstring["$exception_list"][0]["type"] == (
+        f"LogMessage[{group_digest(fingerprint('test.big', big))}]"
+    )
+    assert fstring["$issue_name"] == "test.big: " + "x" * (255 - len("test.big: ") - 3) + "..."
     for name, start in (
         ("fstring", "xxx"),
         ("with_args", "payload xxx"),
@@ -181,11 +187,11 @@ def test_a_50_mb_message_costs_the_caller_no_copy_and_arrives_bounded(
         assert value.startswith(start) and value.endswith("...") and len(value) == 10_000, name
     bad = by_function["bad_args"]["properties"]["$exception_list"][0]["value"]
     assert bad.startswith("two %s %s (bad logging arguments: ('xxx") and len(bad) < 1200
-    assert by_function["with_args"]["properties"]["$exception_fingerprint"] == (
-        "test.big:payload %s end"
-    )
+    assert by_function["with_args"]["properties"]["$issue_name"] == "test.big: payload %s end"
     [exception] = [
-        e for e in events if e["properties"]["$exception_list"][0]["type"] != "LogMessage"
+        e
+        for e in events
+        if not e["properties"]["$exception_list"][0]["type"].startswith("LogMessage[")
     ]
     assert exception["properties"]["$exception_list"][0]["value"] == "boom"
     log_message = exception["properties"]["log_message"]
@@ -238,8 +244,8 @@ def test_f_string_messages_from_one_line_share_one_budget(
     assert counts["sent"] == BURST and counts["rate_limited"] == 1000 - BURST
     events = capture_server.wait_for_events(BURST)
     assert len(events) == BURST
-    # Grouping is unchanged: an f-string is its own template.
-    assert len({e["properties"]["$exception_fingerprint"] for e in events}) == BURST
+    # Grouping is unchanged: an f-string is its own template (its own synthetic type).
+    assert len({e["properties"]["$exception_list"][0]["type"] for e in events}) == BURST
 
 
 def test_two_call_sites_each_get_their_own_budget(

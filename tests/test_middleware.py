@@ -15,29 +15,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import threading
 import urllib.error
 import urllib.request
 import warnings
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, ClassVar, NoReturn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import httpx
 import pytest
 from django.test import AsyncClient, Client, override_settings
-from fastapi import FastAPI
+from django.urls import path as django_path
+from fastapi import APIRouter, FastAPI
 from flask import Flask
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 import posthog_errors
-from posthog_errors import _rate_limit
+from posthog_errors import PostHogHandler, _rate_limit
 from posthog_errors._reporter import Reporter
 from posthog_errors.capture_server import CaptureServer
-from posthog_errors.middleware import ASGIMiddleware, WSGIMiddleware, report_flask_exceptions
+from posthog_errors.middleware import (
+    ASGIMiddleware,
+    DjangoMiddleware,
+    WSGIMiddleware,
+    report_flask_exceptions,
+)
 from tests import django_app
 
 with warnings.catch_warnings():
@@ -615,3 +622,453 @@ def test_django_disallowed_host_still_reports_the_view_exception(
     assert response.status_code == 500
     assert_unhandled(event, "python.django", "RuntimeError", "django boom GET")
     assert_person(event, "browser-user", "browser-session")
+
+
+# -- Request details ---------------------------------------------------------------------
+#
+# Every $exception captured while a request runs carries its details, whichever door it
+# comes through: the middleware's own report, a log record, `capture_exception` in a view,
+# or the framework's own logging of an exception it handled. Nothing is left afterwards.
+
+USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
+CLIENT_IP = "203.0.113.7"
+FORWARDED = {"X-Forwarded-For": f"{CLIENT_IP}, 10.0.0.1"}  # the client, then a proxy
+DETAILED = {**BROWSER, **PRIVATE, **FORWARDED, "User-Agent": USER_AGENT}
+REQUEST_DETAILS = (
+    "$current_url",
+    "$request_method",
+    "$request_path",
+    "$request_route",
+    "$user_agent",
+    "$raw_user_agent",
+    "$ip",
+)
+VIEW_LOGGER = "tests.request_views"
+MESSAGE = "LogMessage"  # the type of a log record without an exception: LogMessage[<hash>]
+# LEAKS, for events whose frames hold library code, where "ann" is in many a word.
+FRAME_SAFE_LEAKS = (*(leak for leak in LEAKS if leak != "ann"), "ann%40", "ann@")
+
+
+@pytest.fixture
+def view_logs(reporter: Reporter) -> Iterator[None]:
+    """The views' log records reach PostHog through the test's reporter."""
+    handler = PostHogHandler(reporter=reporter)
+    view_logger = logging.getLogger(VIEW_LOGGER)
+    view_logger.addHandler(handler)
+    yield
+    view_logger.removeHandler(handler)
+
+
+def fail_in_view(order_id: object) -> NoReturn:
+    """What a view does: log an error, capture a handled exception, then fail uncaught."""
+    logging.getLogger(VIEW_LOGGER).error("payment declined for order %s", order_id)
+    try:
+        raise LookupError(f"order {order_id} not cached")
+    except LookupError as exc:
+        posthog_errors.capture_exception(exc)
+    raise RuntimeError(f"order {order_id} failed")
+
+
+def type_of(event: dict[str, Any]) -> str:
+    type_name: str = event["properties"]["$exception_list"][0]["type"]
+    return MESSAGE if type_name.startswith(MESSAGE + "[") else type_name
+
+
+def capture_after_the_request() -> None:
+    try:
+        raise ValueError("after the request")
+    except ValueError as exc:
+        posthog_errors.capture_exception(exc)
+
+
+def assert_request_details(
+    event: dict[str, Any], *, path: str, route: str | None, ip: str | None, method: str = "GET"
+) -> None:
+    props = event["properties"]
+    assert props["$request_method"] == method
+    assert props["$request_path"] == path
+    scheme, _, rest = props["$current_url"].partition("://")
+    assert scheme in ("http", "https")
+    assert rest.partition("/")[1:] == ("/", path.removeprefix("/"))  # the host, the path
+    if route is None:
+        assert "$request_route" not in props
+    else:
+        assert props["$request_route"] == route
+    assert props["$user_agent"] == USER_AGENT
+    assert props["$raw_user_agent"] == USER_AGENT
+    if ip is None:
+        assert "$ip" not in props
+    else:
+        assert props["$ip"] == ip
+    wire = json.dumps(event)
+    for leak in FRAME_SAFE_LEAKS:
+        assert leak not in wire, leak
+
+
+def assert_no_request_details(event: dict[str, Any]) -> None:
+    props = event["properties"]
+    assert [key for key in REQUEST_DETAILS if key in props] == []
+
+
+def assert_every_door(
+    server: CaptureServer,
+    source: str,
+    *,
+    path: str,
+    route: str,
+    ip: str | None = None,
+    method: str = "GET",
+    after: bool = False,
+) -> None:
+    """The view's log record, its ``capture_exception`` and the exception it let escape
+    (reported by ``source``) carry the request's details; ``after``: so does nothing
+    captured once the request was over."""
+    events = sent_events(server, 4 if after else 3)
+    by_type = {type_of(e): e for e in events}
+    if after:
+        assert_no_request_details(by_type.pop("ValueError"))
+    assert by_type[MESSAGE]["properties"]["$exception_source"] == "python.logging"
+    assert by_type["LookupError"]["properties"]["$exception_source"] == "python.manual"
+    assert by_type["RuntimeError"]["properties"]["$exception_source"] == source
+    for event in by_type.values():
+        assert_request_details(event, path=path, route=route, ip=ip, method=method)
+        assert_person(event, "browser-user", "browser-session")
+
+
+async def starlette_order(request: Request) -> NoReturn:
+    fail_in_view(request.path_params["order_id"])
+
+
+async def starlette_boom(request: Request) -> NoReturn:
+    raise RuntimeError(f"asgi boom {request.method}")
+
+
+def test_asgi_every_capture_in_the_request_carries_its_details(
+    capture_server: CaptureServer, reporter: Reporter, view_logs: None
+) -> None:
+    app = ASGIMiddleware(Starlette(routes=[Route("/orders/{order_id}", starlette_order)]))
+    client = TestClient(app, raise_server_exceptions=False)
+    assert client.get(f"/orders/7?{SECRET_QUERY}", headers=DETAILED).status_code == 500
+    assert_every_door(capture_server, "python.asgi", path="/orders/7", route="/orders/{order_id}")
+
+
+def test_fastapi_route_template_includes_the_router_prefix(
+    capture_server: CaptureServer, reporter: Reporter, view_logs: None
+) -> None:
+    router = APIRouter(prefix="/shop")
+
+    @router.get("/orders/{order_id}")
+    def order(order_id: int) -> None:  # a sync endpoint: FastAPI's thread pool
+        fail_in_view(order_id)
+
+    app = FastAPI()
+    app.include_router(router)
+    app.add_middleware(ASGIMiddleware)
+    client = TestClient(app, raise_server_exceptions=False)
+    assert client.get(f"/shop/orders/7?{SECRET_QUERY}", headers=DETAILED).status_code == 500
+    assert_every_door(
+        capture_server, "python.asgi", path="/shop/orders/7", route="/shop/orders/{order_id}"
+    )
+
+
+def test_asgi_ip_only_with_the_opt_in(capture_server: CaptureServer, reporter: Reporter) -> None:
+    routes = [Route("/boom", starlette_boom, methods=["GET", "POST"])]
+    plain = TestClient(ASGIMiddleware(Starlette(routes=routes)), raise_server_exceptions=False)
+    opted = TestClient(
+        ASGIMiddleware(Starlette(routes=routes), capture_ip=True), raise_server_exceptions=False
+    )
+    assert plain.put("/boom", headers={"User-Agent": USER_AGENT, **FORWARDED}).status_code == 405
+    assert plain.get("/boom", headers={"User-Agent": USER_AGENT, **FORWARDED}).status_code == 500
+    assert opted.post("/boom", headers={"User-Agent": USER_AGENT, **FORWARDED}).status_code == 500
+    assert opted.patch("/boom", headers={"User-Agent": USER_AGENT}).status_code == 405
+    assert opted.delete("/boom", headers={"User-Agent": USER_AGENT}).status_code == 405
+    # 405s are responses, not exceptions: two events.
+    events = sent_events(capture_server, 2)
+    by_method = {e["properties"]["$request_method"]: e for e in events}
+    assert_request_details(by_method["GET"], path="/boom", route="/boom", ip=None)
+    assert_request_details(
+        by_method["POST"], path="/boom", route="/boom", ip=CLIENT_IP, method="POST"
+    )
+
+
+def test_asgi_ip_falls_back_to_the_peer(capture_server: CaptureServer, reporter: Reporter) -> None:
+    routes = [Route("/boom", starlette_boom)]
+    app = ASGIMiddleware(Starlette(routes=routes), capture_ip=True)
+    client = TestClient(app, raise_server_exceptions=False)
+    assert client.get("/boom", headers={"User-Agent": USER_AGENT}).status_code == 500
+    # Starlette's TestClient names its peer "testclient".
+    assert_request_details(only_event(capture_server), path="/boom", route="/boom", ip="testclient")
+
+
+def test_asgi_route_under_a_mount_and_without_a_router(
+    capture_server: CaptureServer, reporter: Reporter
+) -> None:
+    async def no_router(scope: Any, receive: Any, send: Any) -> None:
+        raise RuntimeError("no router")
+
+    mounted = Starlette(
+        routes=[
+            Mount("/admin", routes=[Route("/orders/{order_id}", starlette_boom)]),
+            Mount("/raw", app=no_router),
+        ]
+    )
+    client = TestClient(ASGIMiddleware(mounted), raise_server_exceptions=False)
+    assert client.get("/admin/orders/7", headers={"User-Agent": USER_AGENT}).status_code == 500
+    assert client.get("/raw/anything", headers={"User-Agent": USER_AGENT}).status_code == 500
+    bare = TestClient(ASGIMiddleware(no_router), raise_server_exceptions=False)
+    assert bare.get("/orders/7", headers={"User-Agent": USER_AGENT}).status_code == 500
+    events = sent_events(capture_server, 3)
+    by_path = {e["properties"]["$request_path"]: e for e in events}
+    route = "/admin/orders/{order_id}"
+    assert_request_details(by_path["/admin/orders/7"], path="/admin/orders/7", route=route, ip=None)
+    # A mounted app that does its own routing: the mount is the route Starlette knows.
+    assert_request_details(by_path["/raw/anything"], path="/raw/anything", route="/raw", ip=None)
+    # No router ran: no route, the rest of the details all the same.
+    assert_request_details(by_path["/orders/7"], path="/orders/7", route=None, ip=None)
+
+
+def test_asgi_query_string_in_raw_path_is_not_sent(
+    capture_server: CaptureServer, reporter: Reporter
+) -> None:
+    async def no_router(scope: Any, receive: Any, send: Any) -> None:
+        raise RuntimeError("no router")
+
+    # What a server that keeps the whole request target in raw_path hands over.
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "https",
+        "path": "/boom",
+        "raw_path": f"/boom?{SECRET_QUERY}".encode(),
+        "query_string": SECRET_QUERY.encode(),
+        "root_path": "",
+        "headers": [(b"host", b"app.test"), (b"user-agent", USER_AGENT.encode())],
+        "client": ("192.0.2.1", 4321),
+        "server": ("app.test", 443),
+    }
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    with pytest.raises(RuntimeError, match="no router"):
+        asyncio.run(ASGIMiddleware(no_router)(scope, receive, send))
+    event = only_event(capture_server)
+    assert_request_details(event, path="/boom", route=None, ip=None)
+    assert event["properties"]["$current_url"] == "https://app.test/boom"
+
+
+def test_concurrent_asgi_requests_keep_their_own_details(
+    capture_server: CaptureServer, reporter: Reporter, view_logs: None
+) -> None:
+    _rate_limit.configure(None)  # 20 failures from one site
+
+    async def order(request: Request) -> JSONResponse:
+        order_id = request.path_params["order_id"]
+        for _ in range(3):
+            await asyncio.sleep(0.001)  # interleave the requests
+        logging.getLogger(VIEW_LOGGER).error("payment declined for order %s", order_id)
+        raise RuntimeError(f"order {order_id} failed")
+
+    app = ASGIMiddleware(Starlette(routes=[Route("/orders/{order_id}", order)]), capture_ip=True)
+
+    def headers(i: int) -> dict[str, str]:
+        return {
+            DISTINCT_HEADER: f"user-{i}",
+            "User-Agent": f"agent-{i}",
+            "X-Forwarded-For": f"198.51.100.{i}, 10.0.0.1",
+        }
+
+    async def main() -> list[int]:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app.test") as c:
+            responses = await asyncio.gather(
+                *(c.get(f"/orders/{i}?{SECRET_QUERY}", headers=headers(i)) for i in range(20))
+            )
+            # This task itself runs one more request; once it is over, nothing is left.
+            responses.append(await c.get(f"/orders/20?{SECRET_QUERY}", headers=headers(20)))
+        capture_after_the_request()
+        return [r.status_code for r in responses]
+
+    assert asyncio.run(main()) == [500] * 21
+    events = sent_events(capture_server, 43)
+    seen: dict[str, list[str]] = {}
+    for event in events:
+        props = event["properties"]
+        [entry] = props["$exception_list"]
+        if entry["type"] == "ValueError":
+            assert_no_request_details(event)
+            continue
+        i = props["$request_path"].removeprefix("/orders/")
+        seen.setdefault(i, []).append(type_of(event))
+        assert entry["value"].endswith((f"order {i}", f"order {i} failed"))
+        assert event["distinct_id"] == f"user-{i}"
+        assert props["$current_url"] == f"http://app.test/orders/{i}"
+        assert props["$request_route"] == "/orders/{order_id}"
+        assert props["$user_agent"] == props["$raw_user_agent"] == f"agent-{i}"
+        assert props["$ip"] == f"198.51.100.{i}"
+        assert "reset_token" not in json.dumps(event)
+    assert {i: sorted(types) for i, types in seen.items()} == {
+        str(i): [MESSAGE, "RuntimeError"] for i in range(21)
+    }
+
+
+def test_wsgi_details_without_a_router(capture_server: CaptureServer, reporter: Reporter) -> None:
+    with wsgi_server(WSGIMiddleware(plain_wsgi_app, capture_ip=True)) as base:
+        status, _ = http_get(f"{base}/boom?{SECRET_QUERY}", {"User-Agent": USER_AGENT, **FORWARDED})
+    assert status == 500
+    event = only_event(capture_server)
+    assert_request_details(event, path="/boom", route=None, ip=CLIENT_IP)
+    assert event["properties"]["$current_url"] == base + "/boom"
+
+
+def flask_orders_app(*, propagate: bool) -> Flask:
+    app = Flask("flask_orders_app")
+    app.config["PROPAGATE_EXCEPTIONS"] = propagate
+
+    @app.route("/orders/<int:order_id>", methods=["GET", "POST"])
+    def order(order_id: int) -> NoReturn:
+        fail_in_view(order_id)
+
+    return app
+
+
+def test_flask_every_capture_in_the_request_carries_its_details(
+    capture_server: CaptureServer, reporter: Reporter, view_logs: None
+) -> None:
+    app = flask_orders_app(propagate=True)
+    app.wsgi_app = WSGIMiddleware(app.wsgi_app)  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="order 7 failed"):
+        # Flask's test client runs the app on this thread.
+        app.test_client().post(f"/orders/7?{SECRET_QUERY}", headers=DETAILED)
+    capture_after_the_request()
+    # The middleware reports after Flask's request context is gone: the route still comes.
+    assert_every_door(
+        capture_server,
+        "python.wsgi",
+        method="POST",
+        path="/orders/7",
+        route="/orders/<int:order_id>",
+        after=True,
+    )
+
+
+def test_flask_logging_the_exception_itself_carries_the_details(
+    capture_server: CaptureServer, reporter: Reporter, view_logs: None
+) -> None:
+    app = flask_orders_app(propagate=False)  # Flask's default: a 500, and app.logger.error
+    app.wsgi_app = WSGIMiddleware(app.wsgi_app, capture_ip=True)  # type: ignore[method-assign]
+    handler = PostHogHandler(reporter=reporter)
+    app.logger.addHandler(handler)
+    try:
+        response = app.test_client().get(f"/orders/7?{SECRET_QUERY}", headers=DETAILED)
+    finally:
+        app.logger.removeHandler(handler)
+    assert response.status_code == 500
+    capture_after_the_request()
+    assert_every_door(
+        capture_server,
+        "python.logging",
+        path="/orders/7",
+        route="/orders/<int:order_id>",
+        ip=CLIENT_IP,
+        after=True,
+    )
+
+
+def test_flask_report_without_the_middleware_carries_the_details(
+    capture_server: CaptureServer, reporter: Reporter
+) -> None:
+    app = flask_orders_app(propagate=False)
+    report_flask_exceptions(app, capture_ip=True)
+    response = app.test_client().get(
+        f"/orders/7?{SECRET_QUERY}", headers={"User-Agent": USER_AGENT}
+    )
+    assert response.status_code == 500
+    events = sent_events(capture_server, 2)
+    by_type = {type_of(e): e for e in events}
+    # Only the report: nothing bound the request for the view's own capture.
+    assert_no_request_details(by_type["LookupError"])
+    report = by_type["RuntimeError"]
+    assert_unhandled(report, "python.wsgi", "RuntimeError", "order 7 failed")
+    # Flask's test client's peer address: no X-Forwarded-For.
+    assert_request_details(report, path="/orders/7", route="/orders/<int:order_id>", ip="127.0.0.1")
+
+
+def django_order(request: Any, order_id: int) -> NoReturn:
+    fail_in_view(order_id)
+
+
+async def async_django_order(request: Any, order_id: int) -> NoReturn:
+    fail_in_view(order_id)
+
+
+class OrderURLs:
+    """A URLconf (Django takes any object with ``urlpatterns``) with parameterized routes."""
+
+    urlpatterns: ClassVar = [
+        django_path("orders/<int:order_id>", django_order),
+        django_path("async-orders/<int:order_id>", async_django_order),
+    ]
+
+
+class IPDjangoMiddleware(DjangoMiddleware):
+    capture_ip = True
+
+
+def test_django_every_capture_in_the_request_carries_its_details(
+    capture_server: CaptureServer, reporter: Reporter, view_logs: None
+) -> None:
+    with override_settings(ROOT_URLCONF=OrderURLs):
+        # Django's test client runs the handler on this very thread.
+        response = Client(raise_request_exception=False).get(
+            f"/orders/7?{SECRET_QUERY}", headers=DETAILED
+        )
+    assert response.status_code == 500
+    capture_after_the_request()
+    assert_every_door(
+        capture_server, "python.django", path="/orders/7", route="orders/<int:order_id>", after=True
+    )
+
+
+def test_django_async_view_carries_the_details(
+    capture_server: CaptureServer, reporter: Reporter, view_logs: None
+) -> None:
+    async def main() -> int:
+        client = AsyncClient(raise_request_exception=False)
+        response = await client.get(f"/async-orders/7?{SECRET_QUERY}", headers=DETAILED)
+        capture_after_the_request()
+        return response.status_code
+
+    with override_settings(ROOT_URLCONF=OrderURLs):
+        assert asyncio.run(main()) == 500
+    assert_every_door(
+        capture_server,
+        "python.django",
+        path="/async-orders/7",
+        route="async-orders/<int:order_id>",
+        after=True,
+    )
+
+
+def test_django_ip_only_with_the_opt_in(capture_server: CaptureServer, reporter: Reporter) -> None:
+    agent = {"User-Agent": USER_AGENT}
+    assert Client(raise_request_exception=False).get("/boom/", headers={**agent, **FORWARDED})
+    with override_settings(MIDDLEWARE=[f"{__name__}.IPDjangoMiddleware"]):
+        client = Client(raise_request_exception=False)
+        assert client.post("/boom/", headers={**agent, **FORWARDED}).status_code == 500
+        assert client.put("/boom/", headers=agent).status_code == 500
+    events = sent_events(capture_server, 3)
+    by_method = {e["properties"]["$request_method"]: e for e in events}
+    assert_request_details(by_method["GET"], path="/boom/", route="boom/", ip=None)
+    assert_request_details(
+        by_method["POST"], path="/boom/", route="boom/", ip=CLIENT_IP, method="POST"
+    )
+    # No X-Forwarded-For: the peer address (REMOTE_ADDR, 127.0.0.1 in Django's test client).
+    assert_request_details(
+        by_method["PUT"], path="/boom/", route="boom/", ip="127.0.0.1", method="PUT"
+    )

@@ -457,7 +457,7 @@ def test_logging_message_extra_and_exception_value(
         assert_readable(event["properties"])
         assert event["properties"]["readable"] == READABLE_TEXTS
     assert any("log_message" in e["properties"] for e in events)
-    assert any(FILTERED in e["properties"].get("$exception_fingerprint", "") for e in events)
+    assert any(FILTERED in e["properties"].get("$issue_name", "") for e in events)
 
 
 def test_structlog_event_dict_keys_and_values(

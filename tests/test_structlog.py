@@ -18,6 +18,7 @@ from posthog_errors import PostHogHandler
 from posthog_errors._reporter import Reporter
 from posthog_errors.capture_server import CaptureServer
 from posthog_errors.structlog import PostHogProcessor
+from tests.test_log_issues import server_fingerprint
 
 
 @pytest.fixture(autouse=True)
@@ -49,6 +50,12 @@ def sent(server: CaptureServer, count: int) -> list[dict[str, Any]]:
     extra = server.wait_for_events(count + 1, timeout=0.3)
     assert len(extra) == count, [e["properties"]["$exception_list"][0]["value"] for e in extra]
     return events
+
+
+def kind(event: dict[str, Any]) -> str:
+    """An event's exception type; ``LogMessage`` for every message-only event (its type is
+    ``LogMessage[<digest of logger and template>]``)."""
+    return str(event["properties"]["$exception_list"][0]["type"]).split("[")[0]
 
 
 def native_chain(processor: PostHogProcessor, output: io.StringIO) -> None:
@@ -108,7 +115,7 @@ def test_without_add_log_level_and_with_exc_info_true(
     log.critical("disk full")
     log.warning("not allowed")
     events = sent(capture_server, 2)
-    by_type = {e["properties"]["$exception_list"][0]["type"]: e for e in events}
+    by_type = {kind(e): e for e in events}
     assert by_type["ValueError"]["distinct_id"] == "dict-user"
     assert by_type["ValueError"]["properties"]["$exception_level"] == "error"
     assert by_type["LogMessage"]["properties"]["$exception_level"] == "fatal"
@@ -145,9 +152,12 @@ def test_stdlib_chain_with_processor_formatter_and_handler_sends_each_failure_on
     values = sorted(e["properties"]["$exception_list"][0]["value"] for e in events)
     assert values == ["order failed", "order failed", "through both doors"]
     assert not any("{'" in value or '{"' in value for value in values)  # never str(dict)
-    messages = [e for e in events if e["properties"]["$exception_list"][0]["type"] == "LogMessage"]
-    assert {e["properties"]["$exception_fingerprint"] for e in messages} == {
-        "test.structlog.app:order failed"
+    messages = [e for e in events if kind(e) == "LogMessage"]
+    # One issue (one synthetic type, PostHog's own grouping), named by logger and event.
+    assert len({e["properties"]["$exception_list"][0]["type"] for e in messages}) == 1
+    assert not any("$exception_fingerprint" in e["properties"] for e in messages)
+    assert {e["properties"]["$issue_name"] for e in messages} == {
+        "test.structlog.app: order failed"
     }
     assert sorted(e["properties"]["order_id"] for e in messages) == [1, 2]
     assert len(rendered.getvalue().splitlines()) >= 3  # the app's own output is untouched
@@ -237,3 +247,137 @@ def test_the_processor_never_raises_and_returns_the_dict_unchanged(
     assert event["properties"]["thing"] == "<unrepresentable Hostile>"
     with pytest.raises(ValueError, match="levels"):
         PostHogProcessor(reporter=reporter, levels=["loud"])
+
+
+# -- issue 16, item 6: logger names, code variables, ignore_loggers ------------------------
+
+
+def test_foreign_pre_chain_keeps_each_records_logger_name(
+    capture_server: CaptureServer, reporter: Reporter
+) -> None:
+    """A plain stdlib record formatted by ProcessorFormatter: structlog passes the processor
+    no logger, only the record. Its name (not "structlog") names and groups the issue, so
+    one message from two loggers is two issues, and its template (not the formatted
+    message) groups it, as the stdlib handler would."""
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.add_log_level, PostHogProcessor(reporter=reporter)],
+        processor=structlog.processors.JSONRenderer(),
+    )
+    rendered = io.StringIO()
+    console = logging.StreamHandler(rendered)
+    console.setFormatter(formatter)
+    loggers = [logging.getLogger(name) for name in ("shop.checkout", "shop.billing")]
+    try:
+        for logger in loggers:
+            logger.handlers = [console]
+            logger.propagate = False
+        for order in ("A-1", "B-2"):
+            for logger in loggers:
+                logger.error("order %s failed", order)
+    finally:
+        for logger in loggers:
+            logger.handlers = []
+            logger.propagate = True
+    events = sent(capture_server, 4)
+    by_logger: dict[str, list[dict[str, Any]]] = {}
+    for event in events:
+        props = event["properties"]
+        assert props["$exception_source"] == "python.structlog"
+        by_logger.setdefault(props["logger"], []).append(props)
+    assert sorted(by_logger) == ["shop.billing", "shop.checkout"]
+    issues = {}
+    for name, sent_props in by_logger.items():
+        values = sorted(p["$exception_list"][0]["value"] for p in sent_props)
+        assert values == ["order A-1 failed", "order B-2 failed"]
+        assert {p["$issue_name"] for p in sent_props} == {f"{name}: order %s failed"}
+        [issues[name]] = {server_fingerprint(p) for p in sent_props}  # one issue each
+    assert issues["shop.checkout"] != issues["shop.billing"]
+    assert len(rendered.getvalue().splitlines()) == 4  # the app's output is untouched
+
+
+def code_variables_of(event: dict[str, Any]) -> dict[str, Any] | None:
+    frame = event["properties"]["$exception_list"][0]["stacktrace"]["frames"][-1]
+    variables: dict[str, Any] | None = frame.get("code_variables")
+    return variables
+
+
+def fail_with_a_local() -> None:
+    order_ref = "ord-77"  # noqa: F841
+    raise LookupError("with a local")
+
+
+def log_a_failure(case: str) -> None:
+    try:
+        fail_with_a_local()
+    except LookupError:
+        structlog.get_logger().exception("lookup failed", case=case)
+
+
+def test_code_variables_follow_install_unless_the_processor_has_options(
+    capture_server: CaptureServer, posthog_client: Any
+) -> None:
+    plain = PostHogProcessor()  # no options: install()'s, whenever install() runs
+    native_chain(plain, io.StringIO())
+    with pytest.warns(RuntimeWarning, match="no PostHog client"):
+        log_a_failure("before install")  # nothing configured yet: no client to send to
+    with posthog_errors.install(
+        posthog_client, capture_code_variables=True, logs=False, excepthooks=False
+    ):
+        log_a_failure("installed")
+        native_chain(PostHogProcessor(posthog_client), io.StringIO())  # same client: same
+        log_a_failure("installed, own client")
+        native_chain(PostHogProcessor(in_app_include=["tests"]), io.StringIO())
+        log_a_failure("own options")  # its own options only: the default, off
+        native_chain(PostHogProcessor(capture_code_variables=False), io.StringIO())
+        log_a_failure("own option off")
+    native_chain(PostHogProcessor(posthog_client, capture_code_variables=True), io.StringIO())
+    log_a_failure("own option on")
+    events = sent(capture_server, 5)
+    by_case = {e["properties"]["case"]: e for e in events}
+    assert "before install" not in by_case
+    for case in ("installed", "installed, own client", "own option on"):
+        assert code_variables_of(by_case[case]) == {"order_ref": "ord-77"}, case
+    for case in ("own options", "own option off"):
+        assert code_variables_of(by_case[case]) is None, case
+
+
+def test_ignore_loggers_works_as_the_handlers(
+    capture_server: CaptureServer, reporter: Reporter
+) -> None:
+    structlog.configure(
+        processors=[
+            structlog.stdlib.add_log_level,
+            PostHogProcessor(reporter=reporter, ignore_loggers=["test.noisy", "vendor.*"]),
+            structlog.processors.KeyValueRenderer(),
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+    names = ["test.noisy", "test.noisy.child", "vendor.sdk", "posthog", "urllib3.pool"]
+    names += ["posthog_errors", "test.noisyish", "test.kept", "vendor"]
+    quiet = logging.NullHandler()
+    for name in names:
+        logging.getLogger(name).addHandler(quiet)
+    try:
+        for name in names:
+            structlog.get_logger(name).error("from %s", name)
+            try:
+                fail(f"raised in {name}")
+            except ValueError:
+                structlog.get_logger(name).exception("failed")
+    finally:
+        for name in names:
+            logging.getLogger(name).removeHandler(quiet)
+    events = sent(capture_server, 6)
+    kept = sorted((e["properties"]["logger"], kind(e)) for e in events)
+    assert kept == [
+        (name, kind_)
+        for name in ("test.kept", "test.noisyish", "vendor")
+        for kind_ in ("LogMessage", "ValueError")
+    ]
+    # A single name from a config file, and bad names, as the handler takes them.
+    assert PostHogProcessor(reporter=reporter, ignore_loggers="a.b").ignore_loggers[-1] == "a.b"
+    with pytest.raises(ValueError, match="ignore_loggers"):
+        PostHogProcessor(reporter=reporter, ignore_loggers=[""])
+    assert PostHogProcessor().ignore_loggers == PostHogHandler().ignore_loggers
