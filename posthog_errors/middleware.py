@@ -25,6 +25,7 @@ only when Django hands it an async ``get_response``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sys
@@ -32,7 +33,7 @@ import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, MutableMapping
 from typing import Any
 
-from posthog_errors import _extensions
+from posthog_errors import _extensions, _steps
 from posthog_errors._context import bind
 from posthog_errors._reporter import Reporter, default_reporter
 from posthog_errors._snapshot import EventSnapshot
@@ -177,7 +178,7 @@ class ASGIMiddleware:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         distinct_id, session_id = self._requests.ids(scope, headers.get)
         properties = _asgi_properties(scope, headers, self._requests.capture_ip)
-        with bind(distinct_id, session_id=session_id, properties=properties):
+        with _request(distinct_id, session_id, properties):
             try:
                 await self.app(scope, receive, send)
             except Exception as exc:
@@ -217,7 +218,7 @@ class WSGIMiddleware:
 
         distinct_id, session_id = self._requests.ids(environ, header)
         properties = _wsgi_properties(environ, self._requests.capture_ip)
-        with bind(distinct_id, session_id=session_id, properties=properties):
+        with _request(distinct_id, session_id, properties):
             try:
                 result = self.app(environ, start_response)
             except Exception as exc:
@@ -269,6 +270,18 @@ class _ReportingBody:
         if close is not None:
             with self._bind():
                 close()
+
+
+@contextlib.contextmanager
+def _request(distinct_id: Any, session_id: Any, properties: dict[str, Any]) -> Iterator[None]:
+    """One request: its IDs and details bound, and an empty trail of exception steps (a
+    server thread that served another request before must not lend it its steps)."""
+    token = _steps.start_trail()
+    try:
+        with bind(distinct_id, session_id=session_id, properties=properties):
+            yield
+    finally:
+        _steps.end_trail(token)
 
 
 def report_flask_exceptions(app: Any, *, client: Any = None, capture_ip: bool = False) -> None:
@@ -328,10 +341,10 @@ class DjangoMiddleware:
         with self._bind(request):
             return await self.get_response(request)
 
-    def _bind(self, request: Any) -> bind:
+    def _bind(self, request: Any) -> contextlib.AbstractContextManager[None]:
         distinct_id, session_id = self._requests.ids(request, request.headers.get)
         properties = _django_properties(request, self._requests.capture_ip)
-        return bind(distinct_id, session_id=session_id, properties=properties)
+        return _request(distinct_id, session_id, properties)
 
     def process_exception(self, request: Any, exception: Exception) -> None:
         properties = _django_properties(request, self._requests.capture_ip)

@@ -8,6 +8,7 @@ beside install(), bursts of logging (bounds), steps off.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
@@ -264,3 +265,74 @@ def test_the_release_from_the_option_or_the_environment(
     assert releases == {"env": "from-env", "option": "from-option", "explicit": "explicit"}
     with pytest.raises(TypeError, match="release"):
         Reporter(posthog_client, release=123)  # type: ignore[arg-type]
+
+
+# -- requests: each starts empty, and concurrent ones never mix -------------------------
+
+
+def test_concurrent_requests_each_send_their_own_three_steps(
+    capture_server: CaptureServer, installed: logging.Logger, posthog_client: posthog.Posthog
+) -> None:
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from posthog_errors import _rate_limit
+    from posthog_errors.middleware import ASGIMiddleware
+
+    _rate_limit.configure(None)  # ten failures from one site
+
+    async def checkout(request: Request) -> JSONResponse:
+        order = request.query_params["order"]
+        for step in ("cart loaded", "address checked", "payment started"):
+            installed.info("%s: %s", order, step)
+            await asyncio.sleep(0.001)  # the requests interleave
+        raise RuntimeError(f"checkout {order} failed")
+
+    app = ASGIMiddleware(Starlette(routes=[Route("/checkout", checkout)]), client=posthog_client)
+
+    async def main() -> list[int]:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app.test") as c:
+            installed.info("before any request: in no request's steps")
+            responses = await asyncio.gather(
+                *(c.get("/checkout", params={"order": f"o-{i}"}) for i in range(10))
+            )
+        return [r.status_code for r in responses]
+
+    assert asyncio.run(main()) == [500] * 10
+    assert posthog_errors.flush(5)
+    events = capture_server.wait_for_events(10)
+    assert len(events) == 10
+    for event in events:
+        order = event["properties"]["$exception_list"][0]["value"].split()[1]
+        assert messages(event) == [
+            f"{order}: cart loaded",
+            f"{order}: address checked",
+            f"{order}: payment started",
+        ]
+
+
+def test_a_wsgi_thread_lends_no_steps_to_its_next_request(
+    capture_server: CaptureServer, installed: logging.Logger, posthog_client: posthog.Posthog
+) -> None:
+    from posthog_errors.middleware import WSGIMiddleware
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        installed.info("request %s", environ["PATH_INFO"])
+        if environ["PATH_INFO"] == "/fail":
+            raise RuntimeError("second request failed")
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    wrapped = WSGIMiddleware(app, client=posthog_client)
+    for path in ("/ok", "/fail"):  # one thread serves both, as a WSGI worker does
+        environ = {"PATH_INFO": path, "REQUEST_METHOD": "GET", "wsgi.url_scheme": "http",
+                   "SERVER_NAME": "app.test", "SERVER_PORT": "80"}  # fmt: skip
+        with contextlib.suppress(RuntimeError):
+            list(wrapped(environ, lambda status, headers: None))
+    assert posthog_errors.flush(5)
+    [event] = capture_server.wait_for_events(1)
+    assert messages(event) == ["request /fail"]
