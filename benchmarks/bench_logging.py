@@ -2,20 +2,30 @@
 
 Usage::
 
-    python benchmarks/bench_logging.py              # full run, under two minutes
+    python benchmarks/bench_logging.py              # full run, about two minutes
     python benchmarks/bench_logging.py --quick      # smoke run, a few seconds
     python benchmarks/bench_logging.py --write-doc  # also rewrite docs/performance.md
 
 Two scenarios, every figure a ratio against a peer measured in the same run:
 
-1. **A filtered-out record.** ``logger.info("user %s logged in", 42)`` on a logger at DEBUG
-   (so the record is made) whose one handler is ``logging.NullHandler``, ``PostHogHandler``
-   (default ``levels=error,fatal``), or ``PostHogHandler(levels="debug,error")`` (an
-   allow list with a gap at INFO, so the record reaches ``handle()`` and is refused there);
-   ``install()``'s chained ``Logger.callHandlers`` over a ``NullHandler``, and on a logger
-   at WARNING whose level filters the record out before it is made; and sentry-sdk's
-   default ``LoggingIntegration`` over a ``NullHandler``. Targets from the issues:
-   ``PostHogHandler`` and ``install()`` within 5% of the same call without posthog-errors.
+1. **A ``logger.info`` below the allow list.** ``logger.info("user %s logged in", 42)`` on a
+   logger at DEBUG (so the record is made), each variant taking turns with a
+   ``logging.NullHandler`` baseline in its own process. ``PostHogHandler(steps=False)``
+   (default ``levels=error,fatal``: its level is ERROR, it is never called) and
+   ``PostHogHandler()`` with exception steps on, as they come (its level is INFO and the
+   record becomes a step of the context's trail); ``PostHogHandler(levels="debug,error",
+   steps=False)`` (an allow list with a gap at INFO, so the record reaches ``handle()`` and
+   is refused there). ``install()``'s chained ``Logger.callHandlers`` over a
+   ``NullHandler``, one process each (install() hooks once per process): with
+   ``steps=False`` (one level comparison), and as it comes, steps on (the record becomes a
+   step), plus a logger at WARNING whose level filters the record out before it is made.
+   sentry-sdk's default ``LoggingIntegration`` over a ``NullHandler``: it makes every INFO
+   record a breadcrumb, so it is the row to compare a step with. The steps loops run far
+   past the trail's bound, so they include its compaction. Targets from the issues: at
+   most 1.05x the same call without posthog-errors when the record is not kept, at most
+   1.10x when it becomes a step. Then the memory a context's trail holds (tracemalloc, at
+   most ``2 * MAX_STEPS`` nodes, one LogRecord each) against sentry-sdk's full buffer of
+   breadcrumbs.
 2. **The caller-thread cost of ``logger.exception``** for a ``ValueError`` raised 30 frames
    deep, always at the same site: through ``PostHogHandler``, through sentry-sdk's logging
    integration, and ``Posthog.capture_exception`` of posthog-python.
@@ -31,7 +41,9 @@ not asserted.
 from __future__ import annotations
 
 import argparse
+import contextvars
 import dataclasses
+import gc
 import importlib.metadata
 import json
 import logging
@@ -41,9 +53,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 # This script's directory is sys.path[0] when it is run as `python benchmarks/bench_logging.py`
 # (and so in the children run_child() starts, which run this same file).
@@ -80,7 +93,10 @@ DOC_END = "<!-- bench-logging:end -->"
 DOC_HEADING = "## Logging overhead"  # written above the markers only when they are absent
 API_KEY = "phc_benchmark_logging"
 DEPTH = 30  # frames in every logged exception's traceback
-FILTERED_TARGET = 1.05  # PostHogHandler / NullHandler, from the issue; reported, not asserted
+# At most these ratios to the same call with only a NullHandler, from the issues; reported,
+# not asserted: a record posthog-errors does not keep, and one that becomes an exception step.
+FILTERED_TARGET = 1.05
+STEP_TARGET = 1.10
 INFO_MESSAGE = "user %s logged in"
 ERROR_MESSAGE = "request %s failed"
 
@@ -276,27 +292,45 @@ def measure_filtered(variants: list[Variant], config: Config) -> dict[str, list[
 
 
 def child_filtered(config: Config, posthog_url: str, sentry_dsn: str) -> dict[str, Any]:
-    """NullHandler, PostHogHandler and PostHogHandler with an allow-list gap, interleaved."""
+    """NullHandler and PostHogHandler with steps off (the INFO record is below its level),
+    with steps on (the record becomes a step) and with an allow-list gap, interleaved."""
     import posthog
 
-    from posthog_errors import PostHogHandler
+    from posthog_errors import PostHogHandler, _steps
 
     _quiet_library_loggers()
     client = posthog.Posthog(API_KEY, host=posthog_url)
     variants = [
         Variant("null", _bench_logger("bench.null", logging.NullHandler())),
-        Variant("posthog", _bench_logger("bench.posthog", PostHogHandler(client=client))),
+        Variant(
+            "posthog_off",
+            _bench_logger("bench.posthog.off", PostHogHandler(client=client, steps=False)),
+        ),
+        Variant("posthog_step", _bench_logger("bench.posthog", PostHogHandler(client=client))),
         Variant(
             "posthog_gap",
-            _bench_logger("bench.gap", PostHogHandler(client=client, levels="debug,error")),
+            _bench_logger(
+                "bench.gap", PostHogHandler(client=client, levels="debug,error", steps=False)
+            ),
         ),
     ]
     results = measure_filtered(variants, config)
     client.shutdown()
-    return {"loops": results}
+    return {"loops": results, "trail_nodes": _trail_nodes(_steps.current())}
+
+
+def _trail_nodes(head: Any) -> int:
+    """Nodes of a trail (``_steps.current()``), counted: the steps rows must have made
+    steps, the steps-off rows none."""
+    count = 0
+    while head is not None:
+        count += 1
+        head = head.older
+    return count
 
 
 CallHandlers = Callable[[logging.Logger, logging.LogRecord], None]
+_T = TypeVar("_T")
 
 
 def _use_call_handlers(method: CallHandlers) -> Callable[[], None]:
@@ -309,10 +343,9 @@ def _use_call_handlers(method: CallHandlers) -> Callable[[], None]:
     return activate
 
 
-def child_filtered_install(config: Config, posthog_url: str, sentry_dsn: str) -> dict[str, Any]:
-    """install()'s chained ``Logger.callHandlers`` against the original, in one process: a
-    record below the allow list (logger at DEBUG, INFO record, allow list error/fatal) and a
-    record the logger's own level filters out (logger at WARNING: no record is made)."""
+def _install(posthog_url: str, steps: bool) -> tuple[Any, CallHandlers, CallHandlers]:
+    """install() with only its logging hook: (the posthog client, the original
+    ``Logger.callHandlers``, install()'s chained one)."""
     import posthog
 
     import posthog_errors
@@ -320,31 +353,128 @@ def child_filtered_install(config: Config, posthog_url: str, sentry_dsn: str) ->
     _quiet_library_loggers()
     client = posthog.Posthog(API_KEY, host=posthog_url)
     original = logging.Logger.callHandlers
-    posthog_errors.install(client, excepthooks=False, asyncio=False, unraisable=False)
+    posthog_errors.install(client, excepthooks=False, asyncio=False, unraisable=False, steps=steps)
     hooked = logging.Logger.callHandlers
     if hooked is original:
         raise SystemExit("install() did not chain logging.Logger.callHandlers")
+    return client, original, hooked
+
+
+def child_filtered_install(config: Config, posthog_url: str, sentry_dsn: str) -> dict[str, Any]:
+    """``install(steps=False)``'s chained ``Logger.callHandlers`` against the original, in
+    one process: an INFO record below the allow list (error, fatal), logger at DEBUG. The
+    hook's cost is its level comparison. (install() hooks once per process and uninstall()
+    only switches the hook off: steps on and off need a process each.)"""
+    import posthog_errors
+    from posthog_errors import _steps
+
+    client, original, hooked = _install(posthog_url, steps=False)
+    logger = _bench_logger("bench.install", logging.NullHandler())
+    variants = [
+        Variant("null", logger, _use_call_handlers(original)),
+        Variant("install_off", logger, _use_call_handlers(hooked)),
+    ]
+    try:
+        results = measure_filtered(variants, config)
+    finally:
+        logging.Logger.callHandlers = hooked  # type: ignore[method-assign,assignment]
+    nodes = _trail_nodes(_steps.current())
+    posthog_errors.uninstall()
+    client.shutdown()
+    return {"loops": results, "trail_nodes": nodes}
+
+
+def child_filtered_install_steps(
+    config: Config, posthog_url: str, sentry_dsn: str
+) -> dict[str, Any]:
+    """``install()`` as it comes (steps on) against the original ``Logger.callHandlers``, in
+    one process: an INFO record that becomes a step of the trail (logger at DEBUG), and a
+    record the logger's own level filters out (logger at WARNING: no record is made). The
+    steps loops run long past the trail's bound, so their figure includes its compaction.
+    Then the memory a context's trail holds, with tracemalloc."""
+    import posthog_errors
+    from posthog_errors import _steps
+
+    client, original, hooked = _install(posthog_url, steps=True)
     below = _bench_logger("bench.install", logging.NullHandler())
     above = _bench_logger("bench.install.warning", logging.NullHandler())
     above.setLevel(logging.WARNING)
     variants = [
         Variant("null", below, _use_call_handlers(original)),
-        Variant("install", below, _use_call_handlers(hooked)),
+        Variant("install_step", below, _use_call_handlers(hooked)),
         Variant("level_null", above, _use_call_handlers(original)),
         Variant("level_install", above, _use_call_handlers(hooked)),
     ]
     try:
         results = measure_filtered(variants, config)
     finally:
-        logging.Logger.callHandlers = hooked  # type: ignore[method-assign]
+        logging.Logger.callHandlers = hooked  # type: ignore[method-assign,assignment]
+    nodes = _trail_nodes(_steps.current())
+    memory = measure_trail_memory(below)
     posthog_errors.uninstall()
     client.shutdown()
-    return {"loops": results}
+    return {"loops": results, "trail_nodes": nodes, "memory": memory}
+
+
+def _held_bytes(run: Callable[[], _T]) -> tuple[int, _T]:
+    """Bytes still allocated after ``run()`` (what it keeps alive), by tracemalloc; and
+    what ``run()`` returned."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        result = run()
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    return held, result
+
+
+def measure_trail_memory(logger: logging.Logger) -> dict[str, Any]:
+    """What one context's trail holds, through install()'s hook: tracemalloc growth for
+    ``2 * MAX_STEPS`` INFO records logged in a fresh context (the most a trail holds), then
+    for a long run of records in one context (bounded by compaction), and the
+    ``sys.getsizeof`` parts of one node."""
+    from posthog_errors import _steps
+
+    full = 2 * _steps.MAX_STEPS
+    long_run = 50 * _steps.MAX_STEPS
+
+    def fill(n: int) -> Any:
+        for _ in range(n):
+            logger.info(INFO_MESSAGE, 42)
+        return _steps.current()
+
+    contextvars.Context().run(fill, full + 1)  # warm up: logging's caches, compaction
+    context = contextvars.Context()
+    held, head = _held_bytes(lambda: context.run(fill, full))
+    nodes = _trail_nodes(head)
+    held_long, head_long = _held_bytes(lambda: contextvars.Context().run(fill, long_run))
+    record = head.item
+    parts = {
+        "node": sys.getsizeof(head),
+        "record": sys.getsizeof(record),
+        "record_dict": sys.getsizeof(vars(record)),
+        "args": sys.getsizeof(record.args),
+    }
+    return {
+        "max_steps": _steps.MAX_STEPS,
+        "records": full,
+        "nodes": nodes,
+        "bytes": held,
+        "per_node": held / nodes,
+        "long_records": long_run,
+        "long_nodes": _trail_nodes(head_long),
+        "long_bytes": held_long,
+        "getsizeof": parts,
+    }
 
 
 def child_filtered_sentry(config: Config, posthog_url: str, sentry_dsn: str) -> dict[str, Any]:
     """sentry-sdk's patched ``Logger.callHandlers`` over a NullHandler, against the same
-    logger with the original ``callHandlers`` put back, taking turns in one process."""
+    logger with the original ``callHandlers`` put back, taking turns in one process: each
+    INFO record becomes a breadcrumb. Then the memory of a full breadcrumb buffer."""
     import sentry_sdk
 
     _quiet_library_loggers()
@@ -368,8 +498,27 @@ def child_filtered_sentry(config: Config, posthog_url: str, sentry_dsn: str) -> 
         results = measure_filtered(variants, config)
     finally:
         logging.Logger.callHandlers = patched  # type: ignore[method-assign]
+    memory = measure_breadcrumb_memory(logger)
     sentry_sdk.flush(timeout=10)
-    return {"loops": results}
+    return {"loops": results, "memory": memory}
+
+
+def measure_breadcrumb_memory(logger: logging.Logger) -> dict[str, Any]:
+    """tracemalloc growth for a full buffer of breadcrumbs (``max_breadcrumbs``, 100 by
+    default) from INFO records, in sentry-sdk's isolation scope."""
+    import sentry_sdk
+
+    scope = sentry_sdk.get_isolation_scope()
+    limit = int(sentry_sdk.get_client().options["max_breadcrumbs"])
+
+    def fill() -> int:
+        for _ in range(limit):
+            logger.info(INFO_MESSAGE, 42)
+        return len(scope._breadcrumbs)
+
+    scope.clear_breadcrumbs()
+    held, kept = _held_bytes(fill)
+    return {"max": limit, "kept": kept, "bytes": held, "per_breadcrumb": held / max(kept, 1)}
 
 
 # -- scenario 2: logger.exception on the caller's thread ----------------------------------
@@ -530,6 +679,7 @@ def child_exc_posthog(config: Config, posthog_url: str, sentry_dsn: str) -> dict
 CHILDREN: dict[str, Callable[[Config, str, str], dict[str, Any]]] = {
     "filtered": child_filtered,
     "filtered-install": child_filtered_install,
+    "filtered-install-steps": child_filtered_install_steps,
     "filtered-sentry": child_filtered_sentry,
     "exc-ours": child_exc_ours,
     "exc-sentry": child_exc_sentry,
@@ -616,7 +766,12 @@ def _fmt(value: float) -> str:
 
 
 def filtered_table(rows: list[FilteredRow], markdown: bool) -> str:
-    header = ["filtered-out logger.info, one handler", f"{MU}s/call", "added ns", "vs NullHandler"]
+    header = [
+        "logger.info below the allow list, one handler",
+        f"{MU}s/call",
+        "added ns",
+        "vs NullHandler",
+    ]
     body = [
         [row.label, _fmt(row.ns / 1000), f"{row.added_ns:+,.0f}", f"{row.ratio:.3f}"]
         for row in rows
@@ -644,21 +799,86 @@ def exc_table(rows: list[ExcRow], markdown: bool) -> str:
     return render_table(header, body, markdown)
 
 
-def _verdict(what: str, row: FilteredRow, quick: bool) -> str:
-    met = row.ratio <= FILTERED_TARGET
+@dataclasses.dataclass
+class Target:
+    what: str
+    row: FilteredRow
+    limit: float  # at most this ratio to the NullHandler call, from the issues
+    versus: FilteredRow | None = None  # sentry-sdk's breadcrumb row, shown beside a step's
+
+
+def _verdict(target: Target, quick: bool) -> str:
+    row = target.row
+    met = row.ratio <= target.limit
+    versus = target.versus
     return (
-        f"{what}: {row.ratio:.3f}x "
-        f"(target <= {FILTERED_TARGET:.2f}): {'met' if met else 'NOT MET'}"
+        f"{target.what}: {row.ratio:.3f}x, {row.added_ns:+,.0f} ns "
+        f"(target <= {target.limit:.2f}): {'met' if met else 'NOT MET'}"
+        + (
+            f"; sentry-sdk's breadcrumb for the same call: {versus.ratio:.3f}x, "
+            f"{versus.added_ns:+,.0f} ns"
+            if versus is not None
+            else ""
+        )
         + (" (--quick run: too few loops to settle a 5% question)" if quick else "")
     )
 
 
-def _targets(filtered: list[FilteredRow]) -> list[tuple[str, FilteredRow]]:
-    """The rows with a target (at most 1.05x the same call without posthog-errors)."""
+def _targets(rows: dict[str, FilteredRow]) -> list[Target]:
+    """The rows with a target: a record posthog-errors does not keep costs at most 1.05x
+    the same call without posthog-errors, a record that becomes a step at most 1.10x."""
+    breadcrumb = rows["sentry"]
     return [
-        ("PostHogHandler on a filtered-out record, vs NullHandler", filtered[1]),
-        ("install() on a record below the allow list, vs NullHandler alone", filtered[3]),
-        ("install() on a record the logger's level filters out, vs no install()", filtered[4]),
+        Target(
+            "PostHogHandler(steps=False) on an INFO record below its level, vs NullHandler",
+            rows["posthog_off"],
+            FILTERED_TARGET,
+        ),
+        Target(
+            "PostHogHandler() on an INFO record that becomes a step, vs NullHandler",
+            rows["posthog_step"],
+            STEP_TARGET,
+            breadcrumb,
+        ),
+        Target(
+            "install(steps=False) on an INFO record below the allow list, vs NullHandler alone",
+            rows["install_off"],
+            FILTERED_TARGET,
+        ),
+        Target(
+            "install() on an INFO record that becomes a step, vs NullHandler alone",
+            rows["install_step"],
+            STEP_TARGET,
+            breadcrumb,
+        ),
+        Target(
+            "install() on a record the logger's level filters out, vs no install()",
+            rows["level_install"],
+            FILTERED_TARGET,
+        ),
+    ]
+
+
+def _memory_lines(trail: dict[str, Any], crumbs: dict[str, Any]) -> list[str]:
+    """Memory per context, as measured by measure_trail_memory() and
+    measure_breadcrumb_memory() in the children."""
+    bound = 2 * int(trail["max_steps"])
+    parts = trail["getsizeof"]
+    return [
+        f"Memory per context: a trail holds at most 2 x MAX_STEPS = {bound} nodes (the next "
+        f"step compacts it to the newest {trail['max_steps']}), each keeping one LogRecord "
+        "alive, with its args and extras (not copied). For this record "
+        f"{trail['per_node']:,.0f} bytes per node (tracemalloc: {trail['bytes']:,} bytes "
+        f"held by a context after {trail['records']} records, {trail['nodes']} nodes), so "
+        f"about {bound * trail['per_node'] / 1024:,.0f} KiB per context at most; after "
+        f"{trail['long_records']:,} records in one context it holds {trail['long_nodes']} "
+        f"nodes, {trail['long_bytes']:,} bytes. sys.getsizeof of the parts: node "
+        f"{parts['node']}, LogRecord {parts['record']}, its __dict__ {parts['record_dict']}, "
+        f"args tuple {parts['args']} bytes; the rest is the values made for the record "
+        "(timestamps, the module name).",
+        f"sentry-sdk keeps at most {crumbs['max']} breadcrumbs per isolation scope: "
+        f"{crumbs['per_breadcrumb']:,.0f} bytes each for this record (tracemalloc: "
+        f"{crumbs['bytes']:,} bytes for {crumbs['kept']} breadcrumbs).",
     ]
 
 
@@ -678,23 +898,36 @@ def _details(filtered: list[FilteredRow], exc: list[ExcRow]) -> list[str]:
 METHOD_NOTE = (
     "Method: `benchmarks/bench_logging.py` runs every library in its own child process, so "
     "sentry-sdk's patch of `logging` touches nothing else, against a PostHog capture server "
-    "and a Sentry envelope endpoint on 127.0.0.1 in one more process. **Filtered-out "
-    'record:** a logger at DEBUG with one handler times `logger.info("user %s logged in", '
-    "42)` in loops of {loop:,} calls with the garbage collector paused, as `timeit` does; "
-    "the handlers take turns, in a rotating order, for {reps} loops each. The figure is the "
-    "median loop; the ratio is the median, over turns, of each loop against the "
-    "`NullHandler` loop of the same turn, so that a machine speeding up or slowing down "
+    "and a Sentry envelope endpoint on 127.0.0.1 in one more process. **logger.info:** a "
+    'logger at DEBUG with one handler times `logger.info("user %s logged in", 42)` in loops '
+    "of {loop:,} calls with the garbage collector paused, as `timeit` does; the variants "
+    "take turns, in a rotating order, for {reps} loops each. The figure is the median loop; "
+    "the ratio is the median, over turns, of each loop against the `NullHandler` loop of "
+    "the same turn, in the same process, so that a machine speeding up or slowing down "
     "during the run cancels out (the median rather than the minimum, because the minimum "
-    "of a noisy shared machine is one lucky loop). `PostHogHandler` keeps its level at the "
-    "lowest allowed level, so `Logger.callHandlers` never calls it for an INFO record; with "
-    '`levels="debug,error"` the record reaches `handle()` and is refused by the allow list. '
-    "`install()` chains `Logger.callHandlers` (it adds no handler): it is timed over a "
-    "`NullHandler`, taking turns in the same process with the original method put back, "
-    "for a record below its allow list and for a record the logger's own level (WARNING) "
-    "filters out before it is made. "
-    "sentry-sdk is timed over a `NullHandler` with its patched `Logger.callHandlers`, taking "
-    'turns in the same process with the original method put back. "Added ns" is the '
-    "median, over turns, of the difference to that `NullHandler` loop. **logger.exception:** "
+    'of a noisy shared machine is one lucky loop). "Added ns" is the median, over turns, '
+    "of the difference to that `NullHandler` loop. `PostHogHandler(steps=False)` keeps its "
+    "level at the lowest allowed level (ERROR), so `Logger.callHandlers` never calls it for "
+    "an INFO record. With steps on (the default, `steps_levels` INFO and WARNING) its level "
+    "is INFO and `handle()` makes the record a step: it keeps the `LogRecord` itself, "
+    "unformatted, as the new head of the current context's trail (a persistent linked "
+    'list in a `ContextVar`). With `levels="debug,error", steps=False` the record reaches '
+    "`handle()` and is refused by the allow list. `install()` chains `Logger.callHandlers` "
+    "(it adds no handler) once per process, so `install(steps=False)` and `install()` run "
+    "in a process each, timed over a `NullHandler` and taking turns with the original "
+    "method put back: with steps off the hook's cost for an INFO record is one level "
+    "comparison; with steps on it hands the record to its internal `PostHogHandler`, which "
+    "makes it a step. On a logger at WARNING the record is filtered out before it is made "
+    "and the hook is never called. The steps loops add every record to the one trail of "
+    "the benchmark's context, far past its bound (once it holds {bound} nodes, each next "
+    "step compacts it to the newest {max_steps}), so their figures include the compaction "
+    "and the freeing of the records it drops, as in a long-running process. sentry-sdk is "
+    "timed over a `NullHandler` with its patched `Logger.callHandlers`: its default "
+    "`LoggingIntegration` formats each INFO record and adds it as a breadcrumb to the "
+    "isolation scope's buffer (the most recent 100). **Memory:** tracemalloc's growth while "
+    "{bound} INFO records are logged through `install()` in a fresh `contextvars.Context`, "
+    "which keeps the trail alive, divided by its nodes; and the same for sentry-sdk's "
+    "breadcrumb buffer, cleared and filled. **logger.exception:** "
     "each call logs a new `ValueError` raised {depth} frames deep at the same site and is "
     "made inside the `except` block that caught it; only the call is timed, not the raise. "
     "Calls run in batches of {batch} with the background threads (posthog-errors' worker, "
@@ -713,8 +946,10 @@ METHOD_NOTE = (
 
 def render_doc_block(
     info: dict[str, str],
-    filtered: list[FilteredRow],
+    rows: dict[str, FilteredRow],
     exc: list[ExcRow],
+    memory: list[str],
+    max_steps: int,
     details: list[str],
     config: Config,
     quick: bool,
@@ -722,6 +957,8 @@ def render_doc_block(
     note = METHOD_NOTE.format(
         loop=config.filtered_loop,
         reps=config.filtered_reps,
+        bound=2 * max_steps,
+        max_steps=max_steps,
         depth=DEPTH,
         batch=config.batch,
         reps_exc=config.exc_reps,
@@ -731,9 +968,10 @@ def render_doc_block(
     lines = [
         measured_on(info, ("posthog-errors", "posthog-python", "sentry-sdk"), quick),
         "",
-        filtered_table(filtered, markdown=True),
+        filtered_table(list(rows.values()), markdown=True),
         "",
-        *(f"- {_verdict(what, row, quick)}" for what, row in _targets(filtered)),
+        *(f"- {_verdict(target, quick)}" for target in _targets(rows)),
+        *(f"- {line}" for line in memory),
         "",
         exc_table(exc, markdown=True),
         "",
@@ -758,17 +996,38 @@ def write_doc(block: str, path: Path | None = None) -> None:
 # -- main ------------------------------------------------------------------------------
 
 
+def _check_trails(
+    plain: dict[str, Any], off: dict[str, Any], on: dict[str, Any], problems: list[str]
+) -> None:
+    """The rows measure what they say: the steps-on variants made steps, within the bound;
+    install(steps=False) made none. ``MAX_STEPS`` as the child read it: the parent never
+    imports the library it measures."""
+    memory = on["memory"]
+    bound = 2 * int(memory["max_steps"])
+    for name, data in (("PostHogHandler()", plain), ("install()", on)):
+        if not 0 < data["trail_nodes"] <= bound:
+            problems.append(
+                f"{name} left a trail of {data['trail_nodes']} nodes (0 < n <= {bound})"
+            )
+    if off["trail_nodes"]:
+        problems.append(f"install(steps=False) left a trail of {off['trail_nodes']} nodes")
+    if memory["nodes"] != bound or not 0 < memory["long_nodes"] <= bound:
+        problems.append(f"trail memory: unexpected node counts {memory}")
+
+
 def run(config: Config, quick: bool, write: bool) -> int:
     info = machine_info(_versions())
     problems: list[str] = []
     server = ServerProcess()
     try:
-        progress("filtered-out record: NullHandler and PostHogHandler")
-        plain = run_child("filtered", config, server)["loops"]
-        progress("filtered-out record: install()'s logging hook")
-        hooked = run_child("filtered-install", config, server)["loops"]
-        progress("filtered-out record: sentry-sdk's logging integration")
-        sentry = run_child("filtered-sentry", config, server)["loops"]
+        progress("logger.info: NullHandler and PostHogHandler, steps off and on")
+        plain = run_child("filtered", config, server)
+        progress("logger.info: install(steps=False)'s logging hook")
+        off = run_child("filtered-install", config, server)
+        progress("logger.info: install()'s logging hook, steps on; a trail's memory")
+        on = run_child("filtered-install-steps", config, server)
+        progress("logger.info: sentry-sdk's logging integration (breadcrumbs)")
+        sentry = run_child("filtered-sentry", config, server)
         exc: dict[str, dict[str, Any]] = {}
         for name, label in (
             ("exc-ours", "posthog-errors"),
@@ -795,48 +1054,69 @@ def run(config: Config, quick: bool, write: bool) -> int:
     for key in ("dropped", "internal_errors", "rate_limited", "deduplicated", "filtered"):
         if stats.get(key):
             problems.append(f"posthog-errors stats: {key} = {stats[key]}")
+    _check_trails(plain, off, on, problems)
 
-    filtered = [
-        FilteredRow("logging.NullHandler", plain["null"], plain["null"]),
-        FilteredRow("PostHogHandler (levels error, fatal)", plain["posthog"], plain["null"]),
-        FilteredRow(
-            "PostHogHandler (levels debug, error: refused in handle())",
-            plain["posthog_gap"],
-            plain["null"],
+    p, i, o, s = plain["loops"], off["loops"], on["loops"], sentry["loops"]
+    rows = {
+        "null": FilteredRow("logging.NullHandler", p["null"], p["null"]),
+        "posthog_off": FilteredRow(
+            "PostHogHandler(steps=False): below its level, not called",
+            p["posthog_off"],
+            p["null"],
         ),
-        FilteredRow(
-            "install() (levels error, fatal) + NullHandler",
-            hooked["install"],
-            hooked["null"],
+        "posthog_step": FilteredRow(
+            "PostHogHandler(), steps on: the record becomes a step", p["posthog_step"], p["null"]
         ),
-        FilteredRow(
+        "posthog_gap": FilteredRow(
+            'PostHogHandler(levels="debug,error", steps=False): refused in handle()',
+            p["posthog_gap"],
+            p["null"],
+        ),
+        "install_off": FilteredRow(
+            "install(steps=False) + NullHandler: the hook's level check",
+            i["install_off"],
+            i["null"],
+        ),
+        "install_step": FilteredRow(
+            "install() + NullHandler, steps on: the record becomes a step",
+            o["install_step"],
+            o["null"],
+        ),
+        "level_install": FilteredRow(
             "install(), logger at WARNING: no record made (vs the same without install())",
-            hooked["level_install"],
-            hooked["level_null"],
+            o["level_install"],
+            o["level_null"],
         ),
-        FilteredRow(
-            "sentry-sdk LoggingIntegration + NullHandler", sentry["sentry"], sentry["null"]
+        "sentry": FilteredRow(
+            "sentry-sdk LoggingIntegration (a breadcrumb per record) + NullHandler",
+            s["sentry"],
+            s["null"],
         ),
-    ]
+    }
+    filtered = list(rows.values())
     exc_rows = [
         ExcRow("posthog-errors: PostHogHandler", Timing.from_dict(exc["exc-ours"])),
         ExcRow("sentry-sdk: LoggingIntegration", Timing.from_dict(exc["exc-sentry"])),
         ExcRow("posthog-python: Posthog.capture_exception", Timing.from_dict(exc["exc-posthog"])),
     ]
+    memory = _memory_lines(on["memory"], sentry["memory"])
     details = _details(filtered, exc_rows)
 
     print()
     print(info_line(info))
     print(
-        f'filtered: logger.info("{INFO_MESSAGE}", 42), {config.filtered_reps} loops of '
-        f"{config.filtered_loop:,} per handler; ratio = median per-turn ratio to NullHandler "
-        "(sentry-sdk: to NullHandler in its own process)"
+        f'logger.info("{INFO_MESSAGE}", 42) on a logger at DEBUG, {config.filtered_reps} loops '
+        f"of {config.filtered_loop:,} per variant; ratio = median per-turn ratio to the "
+        "NullHandler of the same process"
     )
     print()
     print(filtered_table(filtered, markdown=False))
     print()
-    for what, row in _targets(filtered):
-        print(f"target: {_verdict(what, row, quick)}")
+    for target in _targets(rows):
+        print(f"target: {_verdict(target, quick)}")
+    print()
+    for line in memory:
+        print(line)
     print()
     print(
         f"logger.exception: {DEPTH}-frame ValueError, same site, {config.exc_reps} x "
@@ -850,7 +1130,11 @@ def run(config: Config, quick: bool, write: bool) -> int:
     for line in details:
         print(line)
     if write:
-        write_doc(render_doc_block(info, filtered, exc_rows, details, config, quick))
+        write_doc(
+            render_doc_block(
+                info, rows, exc_rows, memory, on["memory"]["max_steps"], details, config, quick
+            )
+        )
         print(f"\nwrote {DOC_PATH}")
     return exit_status(problems)
 

@@ -60,7 +60,9 @@ MESSAGE_TYPE = "LogMessage"
 
 # Bounds for user properties (record extras, bound properties): JSON-safe and small.
 _MAX_PROPERTIES = 100
-_MAX_PROPERTY_DEPTH = 4
+# Deep enough for Sentry's exception data (values > frames > vars > a value); the server
+# rejects JSON nested past about 64 levels.
+_MAX_PROPERTY_DEPTH = 8
 _MAX_PROPERTY_TEXT = 1024
 
 # Keys the payload owns; user properties cannot overwrite them. ``$exception_fingerprint``

@@ -46,7 +46,7 @@ except ImportError as error:  # pragma: no cover - exercised without the extra i
 from posthog_errors import _context, _extensions, _guard
 from posthog_errors._delivery import worker
 from posthog_errors._levels import severity_names
-from posthog_errors._payload import LEVELS
+from posthog_errors._payload import LEVELS, MESSAGE_TYPE
 from posthog_errors._reporter import Reporter, default_reporter_if_set
 from posthog_errors._sentry_events import (
     exception_data,
@@ -61,6 +61,7 @@ __all__ = [
     "POSTHOG_CONTEXT",
     "POSTHOG_ID_TAG",
     "PostHogIntegration",
+    "app_host",
     "sentry_integration",
 ]
 
@@ -235,7 +236,7 @@ def sentry_integration(client: Any = None, **options: Any) -> PostHogIntegration
 class _Pending:
     """What the event processor saw, kept in the hint until Sentry decides."""
 
-    __slots__ = ("event", "exception", "excluded", "integration", "link", "tagged")
+    __slots__ = ("event", "exception", "excluded", "integration", "link", "tagged", "token")
 
     def __init__(
         self,
@@ -251,6 +252,7 @@ class _Pending:
         self.event = event
         self.tagged = tagged
         self.excluded = False
+        self.token = object()  # what the link holds while Sentry decides: not the event
 
 
 # -- Sentry's side ----------------------------------------------------------------------
@@ -291,7 +293,10 @@ def _prepare(event: dict[str, Any], hint: dict[str, Any]) -> None:
             tags[PERSON_URL_TAG] = url
         link.distinct_id = link.distinct_id or distinct_id
         tagged = True
-    hint[_HINT_KEY] = _Pending(link, integration, exception, event, tagged)
+    pending = hint[_HINT_KEY] = _Pending(link, integration, exception, event, tagged)
+    # Open from here: a PostHog event of the same failure waits for Sentry's decision (at
+    # most its late-properties bound; an earlier sent event ends the wait at once).
+    link.opened(pending.token)
     _wrap_client_options(client)
 
 
@@ -353,7 +358,6 @@ def _after_before_send(result: Any, hint: Any) -> None:
             pending.excluded = pending.link.excluded = True
             if isinstance(tags, dict):
                 tags.pop(PERSON_URL_TAG, None)
-    pending.link.opened(pending)
 
 
 def _decide(hint: Any, *, sent: bool) -> None:
@@ -365,7 +369,7 @@ def _decide(hint: Any, *, sent: bool) -> None:
     url = None
     if integration is not None and isinstance(event_id, str):
         url = integration.sentry_url(event_id, sentry_sdk.get_client().options.get("dsn"))
-    pending.link.decided(pending, sent=sent, event_id=event_id, url=url)
+    pending.link.decided(pending.token, sent=sent, event_id=event_id, url=url)
     if integration is None or not integration.send_exceptions_to_posthog or pending.excluded:
         return
     level = sentry_level(pending.event)
@@ -385,7 +389,7 @@ def _send_to_posthog(
     values = (event.get("exception") or {}).get("values") or []
     outermost = values[-1] if values else {}
     message = outermost.get("value") or message_of(event)
-    exception_type = outermost.get("type")
+    exception_type = outermost.get("type") or MESSAGE_TYPE  # a message: no exception
     properties: dict[str, Any] = {
         # The seed's properties. Every text here is redacted on the worker, as any property
         # is (see _redact); Sentry's frame locals go only where code variables are on.
@@ -516,8 +520,11 @@ def _person_url(
     project = project_id or api_key
     if not isinstance(host, str) or not host or not isinstance(project, str):
         return None
+    # posthog-python's own app_host option (a client behind a proxy) wins over the derived.
+    configured = getattr(client, "app_host", None)
+    app = configured.rstrip("/") if isinstance(configured, str) and configured else app_host(host)
     quoted = urllib.parse.quote(distinct_id, safe="")
-    return f"{app_host(host)}/project/{urllib.parse.quote(project, safe='')}/person/{quoted}"
+    return f"{app}/project/{urllib.parse.quote(project, safe='')}/person/{quoted}"
 
 
 def _project_from_dsn(dsn: object) -> str | None:

@@ -21,7 +21,7 @@ except ImportError as error:  # pragma: no cover - exercised without the extra i
         "posthog_errors.structlog needs structlog: pip install 'posthog-errors[structlog]'"
     ) from error
 
-from posthog_errors import _guard
+from posthog_errors import _guard, _steps
 from posthog_errors._event_dict import read_event_dict
 from posthog_errors._levels import LevelAllowList, posthog_level
 from posthog_errors._log_message import (
@@ -68,10 +68,15 @@ class PostHogProcessor:
 
     Payload options (``before_send``, ``ignore``, ``in_app_include``, ``in_app_exclude``,
     ``project_root``, ``redact_secrets``, ``redact_keys``, ``redact_patterns``,
-    ``capture_code_variables``): given none, and no ``reporter``, events use the options
+    ``capture_code_variables``, ``release``): given none, and no ``reporter``, events use
+    the options
     :func:`posthog_errors.install` was given (``capture_code_variables=True`` included),
     sent to ``client`` when one is given; given any, the processor uses its own options
     only (the defaults for the others: redaction on, no code variables).
+
+    Events below ``levels`` at ``steps_levels`` (INFO and WARNING) become exception steps
+    of the current context, sent with its next ``$exception``; ``steps=False`` turns it
+    off.
     """
 
     def __init__(
@@ -90,9 +95,14 @@ class PostHogProcessor:
         redact_keys: Iterable[str] = (),
         redact_patterns: Iterable[str | re.Pattern[str]] = (),
         capture_code_variables: bool | None = None,
+        release: str | None = None,
+        steps: bool = True,
+        steps_levels: str | int | Iterable[str | int] = ("info", "warning"),
         reporter: Reporter | None = None,
     ) -> None:
         self.levels = LevelAllowList(levels)
+        # Events below the allow list at these levels become exception steps (``_steps``).
+        self.steps = LevelAllowList(steps_levels) if steps else None
         self.capture_messages = bool(capture_messages)
         ignored = [ignore_loggers] if isinstance(ignore_loggers, str) else list(ignore_loggers)
         self.ignore_loggers = DEFAULT_IGNORED_LOGGERS + tuple(_logger_patterns(ignored))
@@ -112,6 +122,7 @@ class PostHogProcessor:
                     "capture_code_variables",
                     None if capture_code_variables is None else bool(capture_code_variables),
                 ),
+                ("release", release),
             )
             if value is not None
         }
@@ -156,13 +167,21 @@ class PostHogProcessor:
 
     def _process(self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> None:
         levelno = _level_number(event_dict.get("level"), method_name)
-        if not self.levels.allows(levelno):
+        allowed = self.levels.allows(levelno)
+        steps = self.steps
+        if not allowed and (steps is None or not steps.allows(levelno)):
             return
         record = event_dict.get("_record")  # set by ProcessorFormatter
         if not isinstance(record, logging.LogRecord):
             record = None
         logger_name = _logger_name(logger, event_dict, record)
         if self._is_ignored(logger_name):
+            return
+        if not allowed:  # a step of the context's trail, not an event
+            if record is not None:
+                _steps.add_record(record)  # once, if install()'s logging hook added it too
+            else:
+                _steps.add_event_dict(event_dict, posthog_level(levelno), logger_name)
             return
         view = read_event_dict(event_dict)
         if view.exception is None and "exc_info" not in event_dict:

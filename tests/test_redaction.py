@@ -589,7 +589,7 @@ def sentry_failure() -> ValueError:
 
 
 def sentry_exception_text(props: dict[str, Any]) -> str:
-    """``$sentry_exception`` as sent (its deeper levels arrive as a repr string)."""
+    """``$sentry_exception`` as sent: JSON down to the frames' variables."""
     return json.dumps(props["$sentry_exception"])
 
 
@@ -611,7 +611,7 @@ def test_sentry_data_is_redacted_and_locals_dropped(
     assert FILTERED in props["$sentry_exception_message"]
     sent = sentry_exception_text(props)
     assert "fail_with" not in sent and "sentry_failure" in sent  # the frames are there
-    assert "'vars':" not in sent and "'order_id':" not in sent  # but not their locals
+    assert '"vars":' not in sent and '"order_id":' not in sent  # but not their locals
     message_event = next(e for e in events if not e["properties"].get("$sentry_exception"))
     assert FILTERED in message_event["properties"]["$exception_list"][0]["value"]
     assert FILTERED in message_event["properties"]["$sentry_exception_message"]
@@ -627,5 +627,8 @@ def test_sentry_locals_are_kept_and_redacted_with_code_variables_on(
     [event] = capture_server.wait_for_events(1)
     assert_no_leaks(wire(capture_server))
     sent = sentry_exception_text(event["properties"])
-    assert "'vars':" in sent and "'order_id':" in sent
-    assert f"'password': '{FILTERED}'" in sent
+    assert '"vars":' in sent and '"order_id":' in sent
+    assert f'"password": "{FILTERED}"' in sent
+    # Real JSON, not a repr string: the frames are objects PostHog can read.
+    [value] = event["properties"]["$sentry_exception"]["values"]
+    assert isinstance(value["stacktrace"]["frames"][-1]["vars"], dict)

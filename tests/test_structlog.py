@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
+import posthog
 import pytest
 import structlog
 
@@ -381,3 +382,32 @@ def test_ignore_loggers_works_as_the_handlers(
     with pytest.raises(ValueError, match="ignore_loggers"):
         PostHogProcessor(reporter=reporter, ignore_loggers=[""])
     assert PostHogProcessor().ignore_loggers == PostHogHandler().ignore_loggers
+
+
+def test_events_below_the_allow_list_become_steps(
+    capture_server: CaptureServer, posthog_client: posthog.Posthog
+) -> None:
+    from posthog_errors import _steps
+
+    output = io.StringIO()
+    native_chain(PostHogProcessor(posthog_client, release="api@7"), output)
+    log = structlog.get_logger().bind(logger="shop")
+    token = _steps.start_trail()
+    try:
+        log.info("cart opened", cart="c-1", api_key="phc_" + "x" * 30)
+        log.debug("below steps_levels")
+        log.warning("payment slow", provider="acme")
+        try:
+            fail()
+        except ValueError:
+            log.exception("checkout failed")
+    finally:
+        _steps.end_trail(token)
+    [event] = sent(capture_server, 1)
+    steps = event["properties"]["$exception_steps"]
+    assert [s["$message"] for s in steps] == ["cart opened", "payment slow"]
+    assert (steps[0]["cart"], steps[0]["level"], steps[0]["logger"]) == ("c-1", "info", "shop")
+    assert steps[0]["api_key"] == "[Filtered]"
+    assert steps[1]["provider"] == "acme"
+    assert event["properties"]["$release_id"] == "api@7"
+    assert '"event": "cart opened"' in output.getvalue()  # the app's own output goes on
