@@ -21,7 +21,7 @@ Two scenarios, every figure a ratio against a peer measured in the same run:
    step), plus a logger at WARNING whose level filters the record out before it is made.
    sentry-sdk's default ``LoggingIntegration`` over a ``NullHandler``: it makes every INFO
    record a breadcrumb, so it is the row to compare a step with. The steps loops run far
-   past the trail's bound, so they include its compaction. Targets from the issues: at
+   past the trail's bound, so they include its segment turnover. Targets from the issues: at
    most 1.05x the same call without posthog-errors when the record is not kept, at most
    1.10x when it becomes a step. Then the memory a context's trail holds (tracemalloc, at
    most ``2 * MAX_STEPS`` nodes, one LogRecord each) against sentry-sdk's full buffer of
@@ -319,14 +319,12 @@ def child_filtered(config: Config, posthog_url: str, sentry_dsn: str) -> dict[st
     return {"loops": results, "trail_nodes": _trail_nodes(_steps.current())}
 
 
-def _trail_nodes(head: Any) -> int:
+def _trail_nodes(trail: Any) -> int:
     """Nodes of a trail (``_steps.current()``), counted: the steps rows must have made
     steps, the steps-off rows none."""
-    count = 0
-    while head is not None:
-        count += 1
-        head = head.older
-    return count
+    from posthog_errors import _steps
+
+    return len(_steps.nodes(trail))
 
 
 CallHandlers = Callable[[logging.Logger, logging.LogRecord], None]
@@ -390,7 +388,7 @@ def child_filtered_install_steps(
     """``install()`` as it comes (steps on) against the original ``Logger.callHandlers``, in
     one process: an INFO record that becomes a step of the trail (logger at DEBUG), and a
     record the logger's own level filters out (logger at WARNING: no record is made). The
-    steps loops run long past the trail's bound, so their figure includes its compaction.
+    steps loops run long past the trail's bound, so their figure includes its segment turnover.
     Then the memory a context's trail holds, with tracemalloc."""
     import posthog_errors
     from posthog_errors import _steps
@@ -434,7 +432,7 @@ def _held_bytes(run: Callable[[], _T]) -> tuple[int, _T]:
 def measure_trail_memory(logger: logging.Logger) -> dict[str, Any]:
     """What one context's trail holds, through install()'s hook: tracemalloc growth for
     ``2 * MAX_STEPS`` INFO records logged in a fresh context (the most a trail holds), then
-    for a long run of records in one context (bounded by compaction), and the
+    for a long run of records in one context (bounded by its two segments), and the
     ``sys.getsizeof`` parts of one node."""
     from posthog_errors import _steps
 
@@ -446,14 +444,14 @@ def measure_trail_memory(logger: logging.Logger) -> dict[str, Any]:
             logger.info(INFO_MESSAGE, 42)
         return _steps.current()
 
-    contextvars.Context().run(fill, full + 1)  # warm up: logging's caches, compaction
+    contextvars.Context().run(fill, full + 1)  # warm up: logging's caches, a segment turnover
     context = contextvars.Context()
     held, head = _held_bytes(lambda: context.run(fill, full))
     nodes = _trail_nodes(head)
     held_long, head_long = _held_bytes(lambda: contextvars.Context().run(fill, long_run))
-    record = head.item
+    record = _steps.nodes(head)[0]
     parts = {
-        "node": sys.getsizeof(head),
+        "node": sys.getsizeof(head[0]),
         "record": sys.getsizeof(record),
         "record_dict": sys.getsizeof(vars(record)),
         "args": sys.getsizeof(record.args),
@@ -865,8 +863,9 @@ def _memory_lines(trail: dict[str, Any], crumbs: dict[str, Any]) -> list[str]:
     bound = 2 * int(trail["max_steps"])
     parts = trail["getsizeof"]
     return [
-        f"Memory per context: a trail holds at most 2 x MAX_STEPS = {bound} nodes (the next "
-        f"step compacts it to the newest {trail['max_steps']}), each keeping one LogRecord "
+        f"Memory per context: a trail holds at most 2 x MAX_STEPS = {bound} nodes (two "
+        f"segments of {trail['max_steps']}: when the newest is full it becomes the older "
+        "one, the one before dropped), each keeping one LogRecord "
         "alive, with its args and extras (not copied). For this record "
         f"{trail['per_node']:,.0f} bytes per node (tracemalloc: {trail['bytes']:,} bytes "
         f"held by a context after {trail['records']} records, {trail['nodes']} nodes), so "
@@ -919,8 +918,9 @@ METHOD_NOTE = (
     "comparison; with steps on it hands the record to its internal `PostHogHandler`, which "
     "makes it a step. On a logger at WARNING the record is filtered out before it is made "
     "and the hook is never called. The steps loops add every record to the one trail of "
-    "the benchmark's context, far past its bound (once it holds {bound} nodes, each next "
-    "step compacts it to the newest {max_steps}), so their figures include the compaction "
+    "the benchmark's context, far past its bound ({bound} nodes: each full segment of "
+    "{max_steps} becomes the older one and the one before is dropped), so their figures "
+    "include that turnover "
     "and the freeing of the records it drops, as in a long-running process. sentry-sdk is "
     "timed over a `NullHandler` with its patched `Logger.callHandlers`: its default "
     "`LoggingIntegration` formats each INFO record and adds it as a breadcrumb to the "

@@ -21,8 +21,9 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from posthog_errors import _guard
+from posthog_errors import _guard, _steps
 from posthog_errors._reporter import Reporter
+from posthog_errors.handler import STEP_ROUTE
 
 if TYPE_CHECKING:
     from posthog_errors.handler import PostHogHandler
@@ -292,13 +293,30 @@ def install_logging_hook(handler: PostHogHandler) -> Restore:
     logger_class = logging.Logger
     previous = logger_class.callHandlers
     gate = _LevelGate(handler.level)
+    # The common case inline: a record that becomes a step (level routed to steps, logger
+    # known not ignored, no filters on the handler) costs a few dict lookups and one
+    # ContextVar.set here; anything else goes through handler.handle().
+    routes, ignored, step_route = handler._routes, handler._ignored_cache, STEP_ROUTE
+    trail, fits = _steps.HEAD, _steps.MAX_STEPS
 
     def posthog_errors_call_handlers(self: logging.Logger, record: logging.LogRecord) -> None:
-        if record.levelno >= gate.lowest:
-            try:
-                handler.handle(record)
-            except Exception as error:
-                _guard.internal_error(error)
+        levelno = record.levelno
+        if levelno >= gate.lowest:
+            head = trail.get()
+            if (
+                routes.get(levelno) is step_route
+                and ignored.get(record.name) is False
+                and not handler.filters
+                and head is not None
+                and head[2] < fits
+                and head[0] is not record
+            ):
+                trail.set((record, head, head[2] + 1))
+            else:
+                try:
+                    handler.handle(record)
+                except Exception as error:
+                    _guard.internal_error(error)
         previous(self, record)
 
     logger_class.callHandlers = posthog_errors_call_handlers  # type: ignore[method-assign]

@@ -18,11 +18,12 @@ is in docs/performance.md). Everything else happens on the worker, when an event
 the trail: messages formatted and cut, the record's plain extras kept, all of it redacted
 with the event's properties.
 
-**Bounded.** A trail keeps at most ``MAX_STEPS`` steps: once it reaches twice that, the
-next step rebuilds it from the newest ``MAX_STEPS`` (shared older nodes are left to the
-contexts that still hold them), so a context holds at most ``2 * MAX_STEPS`` nodes. An
-event sends the newest steps that fit in ``MAX_STEP_BYTES`` of JSON (posthog-js's 32,768
-bytes), oldest dropped first, and never replaces a ``$exception_steps`` the caller set.
+**Bounded.** A trail is two segments of at most ``MAX_STEPS`` nodes: the newest one, and
+the full one before it. When the newest is full it becomes the older one (the one before
+is dropped whole, by this context) and a new segment starts: no copying, ever. So a
+context holds at most ``2 * MAX_STEPS`` nodes. An event sends the newest ``MAX_STEPS``
+steps that fit in ``MAX_STEP_BYTES`` of JSON (posthog-js's 32,768 bytes), oldest dropped
+first, and never replaces a ``$exception_steps`` the caller set.
 """
 
 from __future__ import annotations
@@ -39,11 +40,14 @@ from posthog_errors import _guard
 from posthog_errors._levels import posthog_level
 
 __all__ = [
+    "HEAD",
     "MAX_STEPS",
     "MAX_STEP_BYTES",
     "add_record",
     "add_step",
     "current",
+    "end_trail",
+    "nodes",
     "render",
     "start_trail",
 ]
@@ -62,33 +66,35 @@ _RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None
 _PLAIN = (str, int, float, bool)
 
 
-class _Step:
-    """One node of a trail: a LogRecord, or a ready step (a dict), and the older nodes."""
+# A node: (item, the next older node of its segment or None, its depth in the segment).
+# Plain tuples: a node is made for every step, on the caller's thread.
+Node = tuple[Any, Any, int]
+# What a snapshot carries: (newest segment's head, older segment's head or None).
+Trail = tuple[Node, "Node | None"]
 
-    __slots__ = ("depth", "item", "older")
-
-    def __init__(self, item: Any, older: _Step | None, depth: int) -> None:
-        self.item = item
-        self.older = older
-        self.depth = depth
-
-
-_TRAIL: contextvars.ContextVar[_Step | None] = contextvars.ContextVar(
+_HEAD: contextvars.ContextVar[Node | None] = contextvars.ContextVar(
     "posthog_errors_steps", default=None
+)
+# The newest segment, for install()'s logging hook, which adds a step inline when the
+# segment has room (the hot path; the rest goes through add_record).
+HEAD = _HEAD
+_OLDER: contextvars.ContextVar[Node | None] = contextvars.ContextVar(
+    "posthog_errors_older_steps", default=None
 )
 
 
 def add_record(record: logging.LogRecord) -> None:
     """Add a log record to the current context's trail (the logging doors' hot path)."""
-    head = _TRAIL.get()
+    head = _HEAD.get()
     if head is None:
-        _TRAIL.set(_Step(record, None, 1))
-    elif head.item is record:
+        _HEAD.set((record, None, 1))
+    elif head[0] is record:
         return  # install()'s hook and an explicit PostHogHandler both saw it
-    elif head.depth < 2 * MAX_STEPS:
-        _TRAIL.set(_Step(record, head, head.depth + 1))
+    elif head[2] < MAX_STEPS:
+        _HEAD.set((record, head, head[2] + 1))
     else:
-        _push(record)
+        _OLDER.set(head)
+        _HEAD.set((record, None, 1))
 
 
 def add_step(message: object, **properties: Any) -> None:
@@ -124,60 +130,66 @@ def _step(message: object, properties: dict[str, Any]) -> dict[str, Any]:
 
 
 def _push(item: Any) -> None:
-    head = _TRAIL.get()
-    if head is not None and head.depth >= 2 * MAX_STEPS:
-        head = _compact(head)
-    _TRAIL.set(_Step(item, head, 1 if head is None else head.depth + 1))
+    head = _HEAD.get()
+    if head is None:
+        _HEAD.set((item, None, 1))
+    elif head[2] < MAX_STEPS:
+        _HEAD.set((item, head, head[2] + 1))
+    else:
+        _OLDER.set(head)
+        _HEAD.set((item, None, 1))
 
 
-def current() -> _Step | None:
-    """The current context's trail (its newest node), for a snapshot to carry."""
-    return _TRAIL.get()
+def current() -> Trail | None:
+    """The current context's trail, for a snapshot to carry (None: no steps)."""
+    head = _HEAD.get()
+    return None if head is None else (head, _OLDER.get())
 
 
-def start_trail() -> contextvars.Token[_Step | None]:
-    """An empty trail for what runs from now in this context (a request); give the token
+def start_trail() -> tuple[contextvars.Token[Node | None], contextvars.Token[Node | None]]:
+    """An empty trail for what runs from now in this context (a request); give the tokens
     to :func:`end_trail` when it is over."""
-    return _TRAIL.set(None)
+    return _HEAD.set(None), _OLDER.set(None)
 
 
-def end_trail(token: contextvars.Token[_Step | None]) -> None:
+def end_trail(
+    tokens: tuple[contextvars.Token[Node | None], contextvars.Token[Node | None]],
+) -> None:
     try:
-        _TRAIL.reset(token)
+        _HEAD.reset(tokens[0])
+        _OLDER.reset(tokens[1])
     except ValueError:  # reset from another context: leave that context's trail alone
-        _TRAIL.set(None)
+        _HEAD.set(None)
+        _OLDER.set(None)
 
 
-def _compact(head: _Step) -> _Step:
-    """A new trail of the newest ``MAX_STEPS - 1`` steps of ``head`` (room for one more)."""
+def nodes(trail: Trail | None) -> list[Any]:
+    """The items of a trail, newest first (for tests and the benchmark)."""
     items: list[Any] = []
-    node: _Step | None = head
-    while node is not None and len(items) < MAX_STEPS - 1:
-        items.append(node.item)
-        node = node.older
-    rebuilt: _Step | None = None
-    for depth, item in enumerate(reversed(items), start=1):
-        rebuilt = _Step(item, rebuilt, depth)
-    assert rebuilt is not None
-    return rebuilt
+    for node in () if trail is None else trail:
+        while node is not None:
+            items.append(node[0])
+            node = node[1]
+    return items
 
 
-def render(head: _Step | None, max_bytes: int = MAX_STEP_BYTES) -> list[dict[str, Any]]:
-    """The steps of a trail as PostHog takes them, oldest first: the newest that fit in
-    ``max_bytes`` of JSON. Runs on the worker."""
+def render(trail: Trail | None, max_bytes: int = MAX_STEP_BYTES) -> list[dict[str, Any]]:
+    """The steps of a trail as PostHog takes them, oldest first: the newest ``MAX_STEPS``
+    that fit in ``max_bytes`` of JSON. Runs on the worker."""
     steps: list[dict[str, Any]] = []
     used = 2  # the list's brackets
-    node = head
-    while node is not None and len(steps) < MAX_STEPS:
-        step = _as_step(node.item)
-        node = node.older
-        if step is None:
-            continue
-        size = len(json.dumps(step, default=str)) + 1
-        if used + size > max_bytes:
-            break
-        used += size
-        steps.append(step)
+    for node in () if trail is None else trail:
+        while node is not None and len(steps) < MAX_STEPS:
+            step = _as_step(node[0])
+            node = node[1]
+            if step is None:
+                continue
+            size = len(json.dumps(step, default=str)) + 1
+            if used + size > max_bytes:
+                steps.reverse()
+                return steps
+            used += size
+            steps.append(step)
     steps.reverse()
     return steps
 

@@ -35,6 +35,10 @@ __all__ = ["DEFAULT_IGNORED_LOGGERS", "PostHogHandler"]
 # or a PostHog outage would be reported to PostHog, in a loop.
 DEFAULT_IGNORED_LOGGERS = ("posthog", "backoff", "urllib3*", "requests", "posthog_errors")
 
+# What a record becomes, by its level (PostHogHandler._route).
+_EVENT, _STEP, _NOTHING = object(), object(), object()
+STEP_ROUTE = _STEP  # for install()'s logging hook, which adds steps inline
+
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
     "message",
@@ -47,9 +51,12 @@ class PostHogHandler(logging.Handler):
     """Sends log records to PostHog as ``$exception`` events.
 
     Records with an exception become events of that exception; records without one become
-    message-only events (one synthetic entry, the call site's stack, a fingerprint from the
-    logger name and the unformatted template, unless the record's ``extra`` sets
-    ``$exception_fingerprint``) unless ``capture_messages`` is false. A message is rate
+    message-only events (one synthetic entry, the call site's stack, a type digested from
+    the logger name and the unformatted template, and an ``$issue_name`` of both; no
+    ``$exception_fingerprint`` unless the record's ``extra`` sets one) unless
+    ``capture_messages`` is false. Records below ``levels`` at ``steps_levels`` become
+    exception steps of the current context (``steps=False``: off); ``release`` is sent as
+    ``$release_id``. A message is rate
     limited by its call site (and its template, when it has arguments), so f-string messages
     from one line share one budget. ``levels`` is an allow list, not a threshold:
     ``["debug", "error"]`` sends DEBUG and ERROR records only. ``redact_secrets``,
@@ -82,6 +89,7 @@ class PostHogHandler(logging.Handler):
         self.levels = LevelAllowList(levels)
         # Records below the allow list at these levels become exception steps (``_steps``).
         self.steps = LevelAllowList(steps_levels) if _boolean("steps", steps) else None
+        self._routes: dict[int, object] = {}  # levelno -> _EVENT, _STEP or _NOTHING
         super().__init__(level)
         self.level = max(self.level, self._lowest())
         self.capture_messages = _boolean("capture_messages", capture_messages)
@@ -110,23 +118,38 @@ class PostHogHandler(logging.Handler):
         super().setLevel(level)
         self.level = max(self.level, self._lowest())
 
+    def _route(self, levelno: int) -> object:
+        """What a record at ``levelno`` becomes: an event, a step, or nothing (cached)."""
+        if self.levels.allows(levelno):
+            route = _EVENT
+        elif self.steps is not None and self.steps.allows(levelno):
+            route = _STEP
+        else:
+            route = _NOTHING
+        if len(self._routes) < 256:
+            self._routes[levelno] = route
+        return route
+
     def _lowest(self) -> int:
         """The lowest level this handler looks at: the allow list's, or the steps' below it."""
         steps = self.steps
         return self.levels.lowest if steps is None else min(self.levels.lowest, steps.lowest)
 
     def handle(self, record: logging.LogRecord) -> bool:
-        # No handler lock: emit() shares no state between calls.
+        # No handler lock: emit() shares no state between calls. The common case, a record
+        # that becomes a step, is one dict lookup per check (see docs/performance.md).
         levelno = record.levelno
-        if not self.levels.allows(levelno):
-            steps = self.steps
-            if (
-                steps is not None
-                and steps.allows(levelno)
-                and not self._is_ignored(record.name)
-                and (not self.filters or self.filter(record))
-            ):
-                add_step_record(record)  # a step of the trail, not an event
+        route = self._routes.get(levelno)
+        if route is None:
+            route = self._route(levelno)
+        if route is not _EVENT:
+            if route is _STEP:
+                name = record.name
+                ignored = self._ignored_cache.get(name)
+                if ignored is None:
+                    ignored = self._is_ignored(name)
+                if not ignored and (not self.filters or self.filter(record)):
+                    add_step_record(record)  # a step of the trail, not an event
             return False
         if _guard.inside_library():
             return False
