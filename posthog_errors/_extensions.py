@@ -41,7 +41,7 @@ CaptureHook = Callable[["BaseException | None", EventSnapshot], None]
 
 _capture_hooks: list[CaptureHook] = []
 # library module -> the integration module that bridges to it
-_AUTOLOAD = {"sentry_sdk": "posthog_errors.sentry"}
+_AUTOLOAD = {"sentry_sdk": "posthog_errors.integrations.sentry"}
 
 
 def add_capture_hook(hook: CaptureHook) -> None:

@@ -17,6 +17,9 @@ from typing import Any
 LEVELS = {"fatal", "error", "warning", "log", "info", "debug"}
 SOURCES = {
     "python.logging",
+    "python.celery",
+    "python.rq",
+    "python.loguru",
     "python.structlog",
     "python.sys_excepthook",
     "python.threading_excepthook",

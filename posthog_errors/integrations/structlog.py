@@ -1,0 +1,304 @@
+"""``PostHogProcessor``: a structlog processor that sends failures to PostHog.
+
+Place it before ``format_exc_info``/``dict_tracebacks``: those pop ``exc_info``, after which
+the exception is gone (it warns once if it finds itself placed after them). It returns the
+event dict unchanged, never raises into the app, works with or without ``add_log_level``,
+and keeps no per-call state on the instance, so one processor can serve many threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+from collections.abc import Iterable, MutableMapping
+from typing import Any
+
+try:
+    import structlog as _structlog  # noqa: F401 (imported to fail early without the extra)
+except ImportError as error:  # pragma: no cover - exercised without the extra installed
+    raise ImportError(
+        "posthog_errors.structlog needs structlog: pip install 'posthog-errors[structlog]'"
+    ) from error
+
+from posthog_errors import _guard, _steps
+from posthog_errors._event_dict import read_event_dict
+from posthog_errors._levels import LevelAllowList, posthog_level
+from posthog_errors._log_message import (
+    call_site_frames,
+    fingerprint,
+    mark_record_sent,
+    mark_structlog_message,
+    message_rate_key,
+    record_was_sent,
+)
+from posthog_errors._reporter import BeforeSend, Reporter, default_reporter_if_set
+
+# The handler's logger filter, shared: the same defaults (the posthog client, its HTTP stack
+# and this library), the same patterns ("name" and its dotted children, "prefix*").
+from posthog_errors.handler import DEFAULT_IGNORED_LOGGERS, _logger_matches, _logger_patterns
+
+__all__ = ["PostHogProcessor"]
+
+# structlog method names and level names -> Python level numbers.
+_METHOD_LEVELS = {
+    "critical": logging.CRITICAL,
+    "fatal": logging.CRITICAL,
+    "exception": logging.ERROR,
+    "error": logging.ERROR,
+    "err": logging.ERROR,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "info": logging.INFO,
+    "msg": logging.INFO,
+    "log": logging.INFO,
+    "debug": logging.DEBUG,
+    "notset": logging.NOTSET,
+}
+
+
+class PostHogProcessor:
+    """Sends events with an exception (``exc_info``) and, unless ``capture_messages`` is
+    false, error-level messages to PostHog. ``levels`` is the same allow list as
+    :class:`posthog_errors.PostHogHandler`'s, and ``ignore_loggers`` the same logger filter
+    (a name ignores that logger and its dotted children, ``"prefix*"`` every name that
+    starts so; the posthog client's, its HTTP stack's and this library's loggers are always
+    ignored). A message is rate limited by its call site (and its template, with
+    ``positional_args``), so f-string events from one line share one budget.
+
+    Payload options (``before_send``, ``ignore``, ``in_app_include``, ``in_app_exclude``,
+    ``project_root``, ``redact_secrets``, ``redact_keys``, ``redact_patterns``,
+    ``capture_code_variables``, ``release``): given none, and no ``reporter``, events use
+    the options
+    :func:`posthog_errors.install` was given (``capture_code_variables=True`` included),
+    sent to ``client`` when one is given; given any, the processor uses its own options
+    only (the defaults for the others: redaction on, no code variables).
+
+    Events below ``levels`` at ``steps_levels`` (INFO and WARNING) become exception steps
+    of the current context, sent with its next ``$exception``; ``steps=False`` turns it
+    off.
+    """
+
+    def __init__(
+        self,
+        client: Any = None,
+        *,
+        levels: str | int | Iterable[str | int] = ("error", "fatal"),
+        capture_messages: bool = True,
+        ignore_loggers: str | Iterable[str] = (),
+        before_send: BeforeSend | None = None,
+        ignore: Iterable[type[BaseException]] = (),
+        in_app_include: Iterable[str] = (),
+        in_app_exclude: Iterable[str] = (),
+        project_root: str | None = None,
+        redact_secrets: bool | None = None,
+        redact_keys: Iterable[str] = (),
+        redact_patterns: Iterable[str | re.Pattern[str]] = (),
+        capture_code_variables: bool | None = None,
+        release: str | None = None,
+        steps: bool = True,
+        steps_levels: str | int | Iterable[str | int] = ("info", "warning"),
+        reporter: Reporter | None = None,
+    ) -> None:
+        self.levels = LevelAllowList(levels)
+        # Events below the allow list at these levels become exception steps (``_steps``).
+        self.steps = LevelAllowList(steps_levels) if steps else None
+        self.capture_messages = bool(capture_messages)
+        ignored = [ignore_loggers] if isinstance(ignore_loggers, str) else list(ignore_loggers)
+        self.ignore_loggers = DEFAULT_IGNORED_LOGGERS + tuple(_logger_patterns(ignored))
+        self._ignored_cache: dict[str, bool] = {}  # configuration, derived: not per call
+        given: dict[str, Any] = {
+            name: value
+            for name, value in (
+                ("before_send", before_send),
+                ("ignore", _given(ignore)),
+                ("in_app_include", _given(in_app_include)),
+                ("in_app_exclude", _given(in_app_exclude)),
+                ("project_root", project_root),
+                ("redact_secrets", None if redact_secrets is None else bool(redact_secrets)),
+                ("redact_keys", _given(redact_keys)),
+                ("redact_patterns", _given(redact_patterns)),
+                (
+                    "capture_code_variables",
+                    None if capture_code_variables is None else bool(capture_code_variables),
+                ),
+                ("release", release),
+            )
+            if value is not None
+        }
+        if reporter is None and given:
+            reporter = Reporter(client, **given)
+        self._own = reporter
+        # Without options of its own: this (checked now), while install() has set none.
+        self._standalone = reporter or Reporter(client)
+        # (install()'s reporter, the one derived from it): remade when install() changes.
+        self._derived: tuple[Reporter, Reporter] | None = None
+        self._warned_misplaced = False  # configuration feedback, not per-call state
+
+    @property
+    def reporter(self) -> Reporter:
+        """Where events go: the processor's own options if it was given any (or a
+        ``reporter``), else ``install()``'s, sent to this processor's client if it has one."""
+        if self._own is not None:
+            return self._own
+        installed = default_reporter_if_set()
+        if installed is None:
+            return self._standalone
+        derived = self._derived
+        if derived is not None and derived[0] is installed:
+            return derived[1]
+        client = self._standalone.client_source.configured
+        if client is None or installed.client_source.configured is client:
+            reporter = installed
+        else:
+            reporter = installed.sending_to(client)
+        self._derived = (installed, reporter)
+        return reporter
+
+    def __call__(
+        self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        if not _guard.inside_library():
+            try:
+                self._process(logger, method_name, event_dict)
+            except Exception as error:
+                _guard.internal_error(error)
+        return event_dict
+
+    def _process(self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> None:
+        levelno = _level_number(event_dict.get("level"), method_name)
+        allowed = self.levels.allows(levelno)
+        steps = self.steps
+        if not allowed and (steps is None or not steps.allows(levelno)):
+            return
+        record = event_dict.get("_record")  # set by ProcessorFormatter
+        if not isinstance(record, logging.LogRecord):
+            record = None
+        logger_name = _logger_name(logger, event_dict, record)
+        if self._is_ignored(logger_name):
+            return
+        if not allowed:  # a step of the context's trail, not an event
+            if record is not None:
+                _steps.add_record(record)  # once, if install()'s logging hook added it too
+            else:
+                _steps.add_event_dict(event_dict, posthog_level(levelno), logger_name)
+            return
+        view = read_event_dict(event_dict)
+        if view.exception is None and "exc_info" not in event_dict:
+            self._warn_if_misplaced(event_dict)
+        reporter = self.reporter
+        properties: dict[str, Any] = {"logger": logger_name, **view.properties}
+        level = posthog_level(levelno)
+        if view.exception is not None:
+            if view.message:
+                properties.setdefault("log_message", view.message)
+            reporter.capture(
+                view.exception,
+                level=level,
+                handled=True,
+                mechanism="structlog",
+                source="python.structlog",
+                distinct_id=view.distinct_id,
+                session_id=view.session_id,
+                properties=properties,
+            )
+            return
+        if not self.capture_messages or view.message is None:
+            return
+        if record is not None:
+            if record_was_sent(record):
+                return  # the stdlib handler already sent this record
+            mark_record_sent(record)
+        mark_structlog_message(event_dict, view.message)
+        frames, omitted = call_site_frames(reporter.options.max_frames)
+        template, has_args = _template(view.message, view.template, event_dict, record)
+        event_fingerprint = fingerprint(logger_name, template)
+        grouping = event_fingerprint if has_args else None
+        reporter.capture_message(
+            view.message,
+            fingerprint=event_fingerprint,
+            rate_key=message_rate_key(logger_name, record, frames, grouping, event_fingerprint),
+            frames=frames,
+            frames_omitted=omitted,
+            level=level,
+            mechanism="structlog",
+            source="python.structlog",
+            distinct_id=view.distinct_id,
+            session_id=view.session_id,
+            properties=properties,
+        )
+
+    def _is_ignored(self, name: str) -> bool:
+        ignored = self._ignored_cache.get(name)
+        if ignored is None:
+            ignored = any(_logger_matches(name, p) for p in self.ignore_loggers)
+            if len(self._ignored_cache) < 4096:
+                self._ignored_cache[name] = ignored
+        return ignored
+
+    def _warn_if_misplaced(self, event_dict: MutableMapping[str, Any]) -> None:
+        formatted = event_dict.get("exception")
+        if self._warned_misplaced or not formatted:
+            return
+        self._warned_misplaced = True
+        warnings.warn(
+            "PostHogProcessor runs after format_exc_info or dict_tracebacks, which remove "
+            "exc_info: exceptions cannot be reported. Place PostHogProcessor before them.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
+def _level_number(level: object, method_name: str) -> int:
+    if isinstance(level, int):
+        return level
+    name = level if isinstance(level, str) else method_name
+    number = _METHOD_LEVELS.get(str(name).lower())
+    if number is None:
+        registered = logging.getLevelName(str(name).upper())
+        number = registered if isinstance(registered, int) else logging.INFO
+    return number
+
+
+def _logger_name(
+    logger: Any, event_dict: MutableMapping[str, Any], record: logging.LogRecord | None
+) -> str:
+    """The event's logger: ``add_logger_name``'s key; else the stdlib record's own logger
+    (``ProcessorFormatter`` passes its record, and in ``foreign_pre_chain`` no logger), as
+    the stdlib handler names it; else the bound logger's name."""
+    for candidate in (event_dict.get("logger"), event_dict.get("logger_name")):
+        if isinstance(candidate, str) and candidate:
+            return candidate
+    if record is not None and isinstance(record.name, str) and record.name:
+        return record.name
+    name = getattr(logger, "name", None)
+    return name if isinstance(name, str) and name else "structlog"
+
+
+def _template(
+    message: str,
+    template: str | None,
+    event_dict: MutableMapping[str, Any],
+    record: logging.LogRecord | None,
+) -> tuple[str, bool]:
+    """A message's unformatted template, and whether it was logged with arguments.
+
+    A stdlib record in ``foreign_pre_chain`` arrives formatted (``event`` is its
+    ``getMessage()``, and structlog emptied the record's ``args``): its template is the
+    record's ``msg``, as the stdlib handler reads it, so that either door groups it alike.
+    """
+    positional = bool(event_dict.get("positional_args"))
+    if record is not None and event_dict.get("_from_structlog") is False:
+        msg = record.msg
+        if isinstance(msg, str):
+            return msg, positional or msg != message
+    return template or message, positional
+
+
+def _given(value: Any) -> Any:
+    """An option's value when the caller gave one (not empty), else None; an iterable is
+    read once, here."""
+    if isinstance(value, (str, type, re.Pattern)):
+        return value or None
+    items = tuple(value)
+    return items or None
