@@ -1,17 +1,17 @@
 """Extension points: integrations hook into the core without the core knowing them.
 
 An integration registers a capture hook, called on the caller's thread with the exception
-and its snapshot, before the snapshot is queued. The one piece of knowledge the core keeps
-is which integration module to load once a library is seen imported (``_AUTOLOAD``): the
-Sentry bridge must work when sentry-sdk is initialised even if the user never imported
-``posthog_errors.sentry``, and importing it up front would import sentry-sdk.
+and its snapshot, before the snapshot is queued.
 
-It must also be in place before Sentry's first event, which may be the app's first crash,
-before any capture of ours. So :func:`load_integrations` (called by ``install()``) loads
-each bridge whose library is already imported, and for the others puts a finder on
-``sys.meta_path`` that loads the bridge right after the library's own module has run (the
-"post-import hook" of ``wrapt``). The finder steps aside for every other import, and
-leaves ``sys.meta_path`` once each library it waits for is loaded.
+The other extension point is :func:`when_imported`: run something once a library is
+imported, now if it already is. The Sentry bridge must work when sentry-sdk is initialised
+even if the user never imported ``posthog_errors.sentry`` (importing it up front would
+import sentry-sdk), and be in place before Sentry's first event, which may be the app's
+first crash; ``install()`` turns on the Celery, RQ and loguru integrations the same way,
+so an app that never imports them pays nothing. A library not imported yet gets a finder
+on ``sys.meta_path`` that runs the callbacks right after the library's own module has run
+(the "post-import hook" of ``wrapt``). The finder steps aside for every other import, and
+leaves ``sys.meta_path`` once nothing is waiting.
 """
 
 from __future__ import annotations
@@ -32,16 +32,20 @@ from posthog_errors._snapshot import EventSnapshot
 __all__ = [
     "CaptureHook",
     "add_capture_hook",
+    "forget",
     "load_integrations",
     "run_capture_hooks",
     "stop_watching_imports",
+    "when_imported",
 ]
 
 CaptureHook = Callable[["BaseException | None", EventSnapshot], None]
 
 _capture_hooks: list[CaptureHook] = []
 # library module -> the integration module that bridges to it
-_AUTOLOAD = {"sentry_sdk": "posthog_errors.integrations.sentry"}
+# library module -> what to run once it is imported (the Sentry bridge, install()'s
+# integrations). Callbacks run once each, then leave.
+_WAITING: dict[str, list[Callable[[], None]]] = {}
 
 
 def add_capture_hook(hook: CaptureHook) -> None:
@@ -50,32 +54,51 @@ def add_capture_hook(hook: CaptureHook) -> None:
 
 
 def run_capture_hooks(exc: BaseException | None, snapshot: EventSnapshot) -> None:
-    if _AUTOLOAD:
-        _load_imported()
+    if _WAITING:
+        _run_imported()
     for hook in _capture_hooks:
         hook(exc, snapshot)
 
 
-def load_integrations() -> None:
-    """Load the bridge of each library already imported; load the others' bridges as soon
-    as their library is imported."""
-    _load_imported()
-    if _AUTOLOAD and _FINDER not in sys.meta_path:
+def when_imported(library: str, callback: Callable[[], None]) -> None:
+    """Run ``callback`` now if ``library`` is imported, else right after it is."""
+    _WAITING.setdefault(library, []).append(callback)
+    _run_imported()
+    if _WAITING and _FINDER not in sys.meta_path:
         sys.meta_path.insert(0, _FINDER)
 
 
+def forget(library: str, callback: Callable[[], None]) -> None:
+    """Do not run ``callback`` after all (``uninstall()`` before the library came)."""
+    waiting = _WAITING.get(library)
+    if waiting and callback in waiting:
+        waiting.remove(callback)
+        if not waiting:
+            _WAITING.pop(library, None)
+    if not _WAITING:
+        stop_watching_imports()
+
+
+def load_integrations() -> None:
+    """The Sentry bridge: loaded now if sentry-sdk is imported, else as soon as it is."""
+    when_imported("sentry_sdk", _load_sentry_bridge)
+
+
+def _load_sentry_bridge() -> None:
+    importlib.import_module("posthog_errors.integrations.sentry")
+
+
 def stop_watching_imports() -> None:
-    """Take the import finder off ``sys.meta_path`` (``uninstall()``)."""
+    """Take the import finder off ``sys.meta_path``."""
     while _FINDER in sys.meta_path:
         sys.meta_path.remove(_FINDER)
 
 
-def _load_imported() -> None:
-    for library in [name for name in _AUTOLOAD if name in sys.modules]:
-        module = _AUTOLOAD.pop(library, None)
-        if module is not None:
-            importlib.import_module(module)
-    if not _AUTOLOAD:
+def _run_imported() -> None:
+    for library in [name for name in _WAITING if name in sys.modules]:
+        for callback in _WAITING.pop(library, ()):
+            callback()
+    if not _WAITING:
         stop_watching_imports()
 
 
@@ -96,7 +119,7 @@ class _LoadAfter(importlib.abc.Loader):
         loader.exec_module(module)
         try:
             with _guard.library_code():
-                _load_imported()
+                _run_imported()
         except Exception as error:
             _guard.internal_error(error, reraise=False)
 
@@ -105,7 +128,7 @@ class _LoadAfter(importlib.abc.Loader):
 
 
 class _ImportFinder(importlib.abc.MetaPathFinder):
-    """Finds nothing itself: for a library in ``_AUTOLOAD``, it asks the other finders and
+    """Finds nothing itself: for a library in ``_WAITING``, it asks the other finders and
     wraps the loader they found in :class:`_LoadAfter`."""
 
     def __init__(self) -> None:
@@ -117,7 +140,7 @@ class _ImportFinder(importlib.abc.MetaPathFinder):
         path: Sequence[str] | None,
         target: types.ModuleType | None = None,
     ) -> importlib.machinery.ModuleSpec | None:
-        if fullname not in _AUTOLOAD or getattr(self._searching, "active", False):
+        if fullname not in _WAITING or getattr(self._searching, "active", False):
             return None
         self._searching.active = True
         try:

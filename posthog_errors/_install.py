@@ -8,6 +8,7 @@ before or after, stays exactly as it was (see ``_hooks.install_logging_hook``).
 
 from __future__ import annotations
 
+import importlib
 import logging
 import re
 import threading
@@ -16,7 +17,7 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
-from posthog_errors import _extensions, _hooks, _rate_limit, _reporter
+from posthog_errors import _extensions, _guard, _hooks, _rate_limit, _reporter
 from posthog_errors._client import warm_up_posthog
 from posthog_errors._delivery import worker
 from posthog_errors._reporter import BeforeSend, Reporter
@@ -99,6 +100,9 @@ def install(
     steps: bool = True,
     steps_levels: str | int | Iterable[str | int] = ("info", "warning"),
     release: str | None = None,
+    celery: bool = True,
+    rq: bool = True,
+    loguru: bool = True,
     rate_limit: tuple[int, float] | None = (
         _rate_limit.DEFAULT_BURST,
         _rate_limit.DEFAULT_PER_SECOND,
@@ -120,7 +124,10 @@ def install(
     ``steps`` keeps the records below the allow list at ``steps_levels`` (INFO and WARNING)
     as the context's exception steps, sent with its next ``$exception`` (``add_step()``
     adds your own). ``release`` is sent as ``$release_id`` (default: the
-    ``POSTHOG_RELEASE_ID`` environment variable).
+    ``POSTHOG_RELEASE_ID`` environment variable). ``celery``, ``rq`` and ``loguru`` turn
+    on those integrations when the app imports the library (now, or later): a task's or
+    job's final failure with the person who enqueued it, and loguru's records; false
+    leaves one off.
 
     Calling it again while installed returns the existing installation, and warns naming
     the options that differ (they are ignored). Bad options raise ``ValueError``/
@@ -192,9 +199,36 @@ def install(
             restores.append(_hooks.install_logging_hook(handler))
         # The Sentry bridge, now or as sentry_sdk is imported: before Sentry's first event.
         _extensions.load_integrations()
-        restores.append(_extensions.stop_watching_imports)
+        for name, wanted in (("celery", celery), ("rq", rq), ("loguru", loguru)):
+            if wanted:
+                starter = _IntegrationStarter(name, reporter)
+                _extensions.when_imported(name, starter)
+                restores.append(starter.undo)
         _active = installation
         return installation
+
+
+class _IntegrationStarter:
+    """Turns on one integration (``posthog_errors.integrations.<name>``) once its library
+    is imported, with the installation's reporter; ``undo`` turns it off again."""
+
+    def __init__(self, name: str, reporter: Reporter) -> None:
+        self.name = name
+        self.reporter = reporter
+        self._undo: Callable[[], None] | None = None
+
+    def __call__(self) -> None:
+        try:
+            module = importlib.import_module(f"posthog_errors.integrations.{self.name}")
+            self._undo = module.install_integration(self.reporter)
+        except Exception as error:  # the app goes on without this integration
+            _guard.internal_error(error)
+
+    def undo(self) -> None:
+        _extensions.forget(self.name, self)
+        undo, self._undo = self._undo, None
+        if undo is not None:
+            undo()
 
 
 _warned_never_made = False
