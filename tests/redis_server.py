@@ -41,9 +41,10 @@ def redis_url() -> Iterator[str]:
     if binary is None:
         pytest.fail("redis-server is not installed: apt-get install redis-server (.ci/run does)")
     port = _free_port()
+    arguments = ["--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    arguments += ["--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"]
     process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-         "no", "--daemonize", "no", "--loglevel", "warning"],  # fmt: skip
+        [binary, *arguments],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
