@@ -126,8 +126,8 @@ def install(
     adds your own). ``release`` is sent as ``$release_id`` (default: the
     ``POSTHOG_RELEASE_ID`` environment variable). ``celery``, ``rq`` and ``loguru`` turn
     on those integrations when the app imports the library (now, or later): a task's or
-    job's final failure with the person who enqueued it, and loguru's records; false
-    leaves one off.
+    job's final failure with the person who enqueued it, and loguru's records (a sink with
+    the same ``levels`` and steps, only with ``logs``); false leaves one off.
 
     Calling it again while installed returns the existing installation, and warns naming
     the options that differ (they are ignored). Bad options raise ``ValueError``/
@@ -199,9 +199,20 @@ def install(
             restores.append(_hooks.install_logging_hook(handler))
         # The Sentry bridge, now or as sentry_sdk is imported: before Sentry's first event.
         _extensions.load_integrations()
-        for name, wanted in (("celery", celery), ("rq", rq), ("loguru", loguru)):
+        # loguru's sink takes the logging options: records are its doors too.
+        logging_options = {
+            "levels": levels,
+            "capture_messages": capture_messages,
+            "steps": steps,
+            "steps_levels": steps_levels,
+        }
+        for name, wanted, settings in (
+            ("celery", celery, {}),
+            ("rq", rq, {}),
+            ("loguru", loguru and logs, logging_options),
+        ):
             if wanted:
-                starter = _IntegrationStarter(name, reporter)
+                starter = _IntegrationStarter(name, reporter, settings)
                 _extensions.when_imported(name, starter)
                 restores.append(starter.undo)
         _active = installation
@@ -212,15 +223,16 @@ class _IntegrationStarter:
     """Turns on one integration (``posthog_errors.integrations.<name>``) once its library
     is imported, with the installation's reporter; ``undo`` turns it off again."""
 
-    def __init__(self, name: str, reporter: Reporter) -> None:
+    def __init__(self, name: str, reporter: Reporter, settings: dict[str, Any]) -> None:
         self.name = name
         self.reporter = reporter
+        self.settings = settings
         self._undo: Callable[[], None] | None = None
 
     def __call__(self) -> None:
         try:
             module = importlib.import_module(f"posthog_errors.integrations.{self.name}")
-            self._undo = module.install_integration(self.reporter)
+            self._undo = module.install_integration(self.reporter, **self.settings)
         except Exception as error:  # the app goes on without this integration
             _guard.internal_error(error)
 
