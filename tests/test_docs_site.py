@@ -36,6 +36,10 @@ PUBLIC_NAMES = {
     "PostHogIntegration": "posthog_errors.sentry",
     "PostHogProcessor": "posthog_errors.structlog",
     "capture_exceptions": "posthog_errors.testing",
+    "add_step": "posthog_errors",
+    "sentry_integration": "posthog_errors.sentry",
+    "PostHogSink": "posthog_errors.loguru",
+    "instrument": "posthog_errors.celery",
 }
 
 

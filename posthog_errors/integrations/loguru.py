@@ -109,7 +109,7 @@ class PostHogSink:
     Records with an exception (``logger.exception(...)``, ``logger.opt(exception=...)``,
     ``@logger.catch``) become events of that exception; records without one become
     message-only events unless ``capture_messages`` is false, grouped by the logger (the
-    module's ``__name__``) and the unformatted template. ``levels`` is the same allow list as
+    module's name) and the unformatted template. ``levels`` is the same allow list as
     :class:`posthog_errors.PostHogHandler`'s, read against loguru's level numbers (TRACE 5,
     DEBUG 10, INFO 20, SUCCESS 25, WARNING 30, ERROR 40, CRITICAL 50): a standard name
     covers its range, as for the handler (``"info"`` is 20 to 29, SUCCESS included), and a
