@@ -83,6 +83,7 @@ from posthog_errors._stats import STATS
 
 __all__ = [
     "BeforeSend",
+    "DoorReporter",
     "Reporter",
     "default_reporter",
     "default_reporter_if_set",
@@ -715,6 +716,57 @@ def _exception_types(value: Iterable[type[BaseException]]) -> tuple[type[BaseExc
 
 _default: Reporter | None = None
 _default_lock = threading.RLock()  # C-level, re-entrant: a signal handler may capture here
+
+
+class DoorReporter:
+    """Where a door's events go (a structlog processor, a loguru sink): the door's own
+    options when it was given any (or a ``reporter``); else the options ``install()`` was
+    given, sent to the door's own client if it has one, and followed when ``install()``
+    changes. One rule for every door, so a user configures redaction, ``before_send`` and
+    code variables once."""
+
+    def __init__(self, client: Any, options: dict[str, Any], reporter: Reporter | None) -> None:
+        given = {}
+        for name, value in options.items():
+            value = _read_once(value)
+            if value is not None and value != () and value != "":
+                given[name] = value
+        if reporter is None and given:
+            reporter = Reporter(client, **given)
+        self._own = reporter
+        # Without options of its own: this, while install() has set none.
+        self._standalone = reporter or Reporter(client)
+        # (install()'s reporter, the one derived from it): remade when install() changes.
+        self._derived: tuple[Reporter, Reporter] | None = None
+
+    def get(self) -> Reporter:
+        if self._own is not None:
+            return self._own
+        installed = _default
+        if installed is None:
+            return self._standalone
+        derived = self._derived
+        if derived is not None and derived[0] is installed:
+            return derived[1]
+        client = self._standalone.client_source.configured
+        if client is None or installed.client_source.configured is client:
+            reporter = installed
+        else:
+            reporter = installed.sending_to(client)
+        self._derived = (installed, reporter)
+        return reporter
+
+
+def _read_once(value: Any) -> Any:
+    """An option's value, an iterable read once into a tuple (an empty one: not given)."""
+    if value is None or isinstance(value, (str, bytes, type, re.Pattern, bool, int)):
+        return value
+    if callable(value):
+        return value
+    try:
+        return tuple(value)
+    except TypeError:
+        return value
 
 
 def default_reporter() -> Reporter:

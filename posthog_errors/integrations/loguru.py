@@ -51,7 +51,7 @@ from posthog_errors._log_message import (
     mark_record_sent,
     record_was_sent,
 )
-from posthog_errors._reporter import BeforeSend, Reporter, default_reporter_if_set
+from posthog_errors._reporter import BeforeSend, DoorReporter, Reporter
 from posthog_errors._snapshot import FrameRef, frames_from_stack
 
 # The handler's logger filter, shared: the same defaults (the posthog client, its HTTP stack
@@ -162,32 +162,22 @@ class PostHogSink:
         ignored = [ignore_loggers] if isinstance(ignore_loggers, str) else list(ignore_loggers)
         self.ignore_loggers = DEFAULT_IGNORED_LOGGERS + tuple(_logger_patterns(ignored))
         self._ignored_cache: dict[str, bool] = {}  # configuration, derived: not per call
-        given: dict[str, Any] = {
-            name: value
-            for name, value in (
-                ("before_send", before_send),
-                ("ignore", _given(ignore)),
-                ("in_app_include", _given(in_app_include)),
-                ("in_app_exclude", _given(in_app_exclude)),
-                ("project_root", project_root),
-                ("redact_secrets", None if redact_secrets is None else bool(redact_secrets)),
-                ("redact_keys", _given(redact_keys)),
-                ("redact_patterns", _given(redact_patterns)),
-                (
-                    "capture_code_variables",
-                    None if capture_code_variables is None else bool(capture_code_variables),
-                ),
-                ("release", release),
-            )
-            if value is not None
-        }
-        if reporter is None and given:
-            reporter = Reporter(client, **given)
-        self._own = reporter
-        # Without options of its own: this (checked now), while install() has set none.
-        self._standalone = reporter or Reporter(client)
-        # (install()'s reporter, the one derived from it): remade when install() changes.
-        self._derived: tuple[Reporter, Reporter] | None = None
+        self._reporter = DoorReporter(
+            client,
+            {
+                "before_send": before_send,
+                "ignore": ignore,
+                "in_app_include": in_app_include,
+                "in_app_exclude": in_app_exclude,
+                "project_root": project_root,
+                "redact_secrets": redact_secrets,
+                "redact_keys": redact_keys,
+                "redact_patterns": redact_patterns,
+                "capture_code_variables": capture_code_variables,
+                "release": release,
+            },
+            reporter,
+        )
 
     @property
     def lowest(self) -> int:
@@ -202,21 +192,7 @@ class PostHogSink:
     def reporter(self) -> Reporter:
         """Where events go: the sink's own options if it was given any (or a ``reporter``),
         else ``install()``'s, sent to this sink's client if it has one."""
-        if self._own is not None:
-            return self._own
-        installed = default_reporter_if_set()
-        if installed is None:
-            return self._standalone
-        derived = self._derived
-        if derived is not None and derived[0] is installed:
-            return derived[1]
-        client = self._standalone.client_source.configured
-        if client is None or installed.client_source.configured is client:
-            reporter = installed
-        else:
-            reporter = installed.sending_to(client)
-        self._derived = (installed, reporter)
-        return reporter
+        return self._reporter.get()
 
     def __repr__(self) -> str:  # loguru names the handler by it
         return "PostHogSink()"
@@ -500,12 +476,3 @@ def _loguru_level_number(name: str) -> int | None:
         if isinstance(number, int):
             return number
     return None
-
-
-def _given(value: Any) -> Any:
-    """An option's value when the caller gave one (not empty), else None; an iterable is
-    read once, here."""
-    if isinstance(value, (str, type, re.Pattern)):
-        return value or None
-    items = tuple(value)
-    return items or None

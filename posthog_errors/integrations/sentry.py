@@ -47,7 +47,7 @@ from posthog_errors import _context, _extensions, _guard
 from posthog_errors._delivery import worker
 from posthog_errors._levels import severity_names
 from posthog_errors._payload import LEVELS, MESSAGE_TYPE
-from posthog_errors._reporter import Reporter, default_reporter_if_set
+from posthog_errors._reporter import DoorReporter, Reporter, default_reporter_if_set
 from posthog_errors._snapshot import EventSnapshot
 from posthog_errors.integrations._sentry_events import (
     exception_data,
@@ -188,8 +188,7 @@ class PostHogIntegration(Integration):
         self.prefix = prefix if prefix.endswith("/") else prefix + "/"
         self.severity_allow_list = severity_names(severity_allow_list, option="severity_allow_list")
         self.send_exceptions_to_posthog = bool(send_exceptions_to_posthog)
-        self._own = Reporter(client, **posthog_options) if posthog_options else None
-        self._derived: tuple[Reporter | None, Reporter] | None = None
+        self._reporter = DoorReporter(client, posthog_options, None)
 
     @staticmethod
     def setup_once() -> None:
@@ -207,20 +206,7 @@ class PostHogIntegration(Integration):
     def posthog_reporter(self) -> Reporter:
         """Where events that come through Sentry go: this integration's own options if it
         was given any, else ``install()``'s, sent to this integration's client."""
-        if self._own is not None:
-            return self._own
-        installed = default_reporter_if_set()
-        derived = self._derived
-        if derived is not None and derived[0] is installed:
-            return derived[1]
-        if installed is None:
-            reporter = Reporter(self.client)
-        elif self.client is None or installed.client_source.configured is self.client:
-            reporter = installed
-        else:
-            reporter = installed.sending_to(self.client)
-        self._derived = (installed, reporter)
-        return reporter
+        return self._reporter.get()
 
 
 def sentry_integration(client: Any = None, **options: Any) -> PostHogIntegration:
