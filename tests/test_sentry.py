@@ -563,6 +563,9 @@ def test_a_log_record_waits_only_if_sentry_makes_an_event_of_it(
         integrations.append(LoggingIntegration(event_level=None))
     held_back: list[bool] = []
     _extensions.add_capture_hook(lambda exc, snapshot: held_back.append(snapshot.not_before > 0))
+    # sentry-sdk's LoggingIntegration patches logging for the rest of the process: put the
+    # method back after, so later tests see the logging they expect.
+    call_handlers = logging.Logger.callHandlers
     logger = logging.getLogger("test.sentry.wait")
     logger.handlers = [PostHogHandler(reporter=reporter)]
     logger.propagate = False
@@ -575,4 +578,5 @@ def test_a_log_record_waits_only_if_sentry_makes_an_event_of_it(
     finally:
         logger.handlers = []
         _extensions._capture_hooks.pop()
+        logging.Logger.callHandlers = call_handlers  # type: ignore[method-assign]
     assert held_back == [waits]
