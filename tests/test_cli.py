@@ -8,7 +8,9 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
+import time
 
 import pytest
 
@@ -65,37 +67,36 @@ def serve_while(app: str, *flags: str, **env: str) -> tuple[int, str, str]:
     """Run ``posthog-errors serve`` (with ``flags``), run the Python ``app`` against it, then
     Ctrl-C the server: (its exit code, stdout, stderr). The banner, and so the URL, is on
     stdout for people and on stderr with ``--json``."""
-    serve = subprocess.Popen(
-        [*CLI, "serve", "--port", "0", *flags],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=clean_env(),
-    )
-    banner = ""
-    try:
-        assert serve.stdout is not None and serve.stderr is not None
-        banner = (serve.stderr if "--json" in flags else serve.stdout).readline()
-        url = banner.split("Listening on ")[1].strip()
-        ran = subprocess.run(
-            [sys.executable, "-c", textwrap.dedent(app)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=clean_env(POSTHOG_HOST=url, POSTHOG_API_KEY="phc_any", **env),
-        )
-        assert ran.returncode in (0, 1), ran.stderr
-    finally:
-        serve.send_signal(signal.SIGINT)
-        serve.wait(timeout=30)
-    # Not communicate(): it would skip what readline() has already buffered. Both outputs
-    # are a few kB, far below a pipe's capacity, so the server never blocked on them.
-    output, errors = serve.stdout.read(), serve.stderr.read()
-    if "--json" in flags:
-        errors = banner + errors
-    else:
-        output = banner + output
-    return serve.returncode, output, errors
+    # Files, not pipes: the server writes every event as it arrives, and events with their
+    # frames can fill a pipe nobody reads until the server exits (it would block for ever).
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        serve = subprocess.Popen(
+            [*CLI, "serve", "--port", "0", *flags], stdout=out, stderr=err, text=True,
+            env=clean_env(),
+        )  # fmt: skip
+        try:
+            banner_file = err if "--json" in flags else out
+            deadline = time.monotonic() + 30
+            banner = ""
+            while "Listening on " not in banner and time.monotonic() < deadline:
+                time.sleep(0.05)
+                banner_file.seek(0)
+                banner = banner_file.readline()
+            url = banner.split("Listening on ")[1].strip()
+            ran = subprocess.run(
+                [sys.executable, "-c", textwrap.dedent(app)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env=clean_env(POSTHOG_HOST=url, POSTHOG_API_KEY="phc_any", **env),
+            )
+            assert ran.returncode in (0, 1), ran.stderr
+        finally:
+            serve.send_signal(signal.SIGINT)
+            serve.wait(timeout=30)
+        out.seek(0)
+        err.seek(0)
+        return serve.returncode, out.read(), err.read()
 
 
 def test_serve_prints_what_an_app_sends_and_a_summary_on_ctrl_c() -> None:
