@@ -63,6 +63,13 @@ def test_every_command_has_help(command: list[str]) -> None:
     assert "usage: posthog-errors" in result.stdout
 
 
+def _ctrl_c_interrupts() -> None:
+    """In the server's process: SIGINT raises KeyboardInterrupt, as Ctrl-C at a terminal
+    does. A run started in the background by a non-interactive shell (``make test &``)
+    inherits SIGINT ignored, and Python then never installs its handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def serve_while(app: str, *flags: str, **env: str) -> tuple[int, str, str]:
     """Run ``posthog-errors serve`` (with ``flags``), run the Python ``app`` against it, then
     Ctrl-C the server: (its exit code, stdout, stderr). The banner, and so the URL, is on
@@ -72,7 +79,7 @@ def serve_while(app: str, *flags: str, **env: str) -> tuple[int, str, str]:
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         serve = subprocess.Popen(
             [*CLI, "serve", "--port", "0", *flags], stdout=out, stderr=err, text=True,
-            env=clean_env(),
+            env=clean_env(), preexec_fn=_ctrl_c_interrupts,
         )  # fmt: skip
         try:
             banner_file = err if "--json" in flags else out
