@@ -62,7 +62,9 @@ def run_capture_hooks(exc: BaseException | None, snapshot: EventSnapshot) -> Non
 
 def when_imported(library: str, callback: Callable[[], None]) -> None:
     """Run ``callback`` now if ``library`` is imported, else right after it is."""
-    _WAITING.setdefault(library, []).append(callback)
+    waiting = _WAITING.setdefault(library, [])
+    if callback not in waiting:  # install() after uninstall() asks for the bridge again
+        waiting.append(callback)
     _run_imported()
     if _WAITING and _FINDER not in sys.meta_path:
         sys.meta_path.insert(0, _FINDER)
