@@ -1,11 +1,17 @@
 # Two commands for a newcomer: `make demo` runs the main job, `make test` runs the whole check.
-# Both create (or reuse) a local virtualenv in .venv and install what they need into it.
-# `make test-all` is what CI runs: the whole check, with the unit suite on every Python the
-# machine has (3.10 to 3.13) in both posthog capture modes (noxfile.py).
+# Both create (or reuse) a local virtualenv in .venv and install what they need into it, at
+# the versions pinned in requirements/lock.txt (so a fresh clone today and in a month tests
+# the same releases). `make test-all` is what CI runs: the whole check, then the unit suite on
+# every supported Python, 3.10 to 3.15 (noxfile.py). `make test-latest` meets the newest
+# releases of everything on purpose; `make lock` moves the pins (README, "Dependencies").
 
 PYTHON ?= python3
-VENV   := .venv
+VENV   ?= .venv
 BIN    := $(VENV)/bin
+# pip constraints for every package the tests install: the lock, or (test-latest) a fresh one.
+PINS   ?= requirements/lock.txt
+# pytest's workers: the suite waits on child processes and sockets more than it computes.
+PYTEST_WORKERS ?= 2
 # Written last, only when the whole bootstrap succeeded, with the interpreter .venv was made
 # from. No stamp (a bootstrap that failed halfway) or another interpreter: .venv is rebuilt
 # from scratch. A newer pyproject.toml alone: reinstalled in place.
@@ -22,7 +28,7 @@ endif
 # Options for nox in `make test-all`, e.g. NOXFLAGS="-s tests-3.12 -- -k payload".
 NOXFLAGS ?=
 
-.PHONY: demo test test-all lint typecheck unit matrix docs bench clean FORCE
+.PHONY: demo test test-all test-latest lint typecheck unit matrix docs bench lock lock-upgrade clean FORCE
 
 demo: $(STAMP)
 	$(BIN)/python -m posthog_errors demo
@@ -34,16 +40,17 @@ test: $(STAMP) lint typecheck unit docs
 test-all: test matrix
 
 lint: $(STAMP)
-	$(BIN)/ruff check posthog_errors tests benchmarks noxfile.py
-	$(BIN)/ruff format --check posthog_errors tests benchmarks noxfile.py
+	$(BIN)/ruff check posthog_errors tests benchmarks noxfile.py requirements
+	$(BIN)/ruff format --check posthog_errors tests benchmarks noxfile.py requirements
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict posthog_errors
 
 unit: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS)
 
-# pytest on each of Python 3.10 to 3.13, with POSTHOG_CAPTURE_MODE=v0 and then v1 (noxfile.py).
+# pytest on each of Python 3.10 to 3.15 (3.10 with the oldest claimed releases,
+# requirements/lowest.txt), in both posthog capture modes (noxfile.py says how).
 matrix: $(STAMP)
 	$(BIN)/nox $(NOXFLAGS)
 
@@ -58,16 +65,41 @@ bench: $(STAMP)
 
 # PYTHONWARNINGS hides only setuptools' "Editable installation" notice, which pip 25+ prints
 # on every editable install; other warnings and every error still show.
-$(STAMP): pyproject.toml
-	@test -n '$(PYTHON_ID)' || { echo "make: PYTHON=$(PYTHON) does not run here: name a Python 3.10 to 3.13 that does (with pyenv, e.g. PYTHON=\$$(pyenv prefix 3.12)/bin/python)" >&2; exit 1; }
+$(STAMP): pyproject.toml $(PINS)
+	@test -n '$(PYTHON_ID)' || { echo "make: PYTHON=$(PYTHON) does not run here: name a Python 3.10 to 3.15 that does (with pyenv, e.g. PYTHON=\$$(pyenv prefix 3.12)/bin/python)" >&2; exit 1; }
 	@if [ "$$(cat $@ 2>/dev/null)" = '$(PYTHON_ID)' ]; then rm -f $@; \
 	else echo "(re)creating $(VENV) with $(PYTHON_ID)"; rm -rf $(VENV); fi
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	PYTHONWARNINGS='ignore:Editable installation' $(BIN)/python -m pip install --quiet -e ".[dev]"
+	PYTHONWARNINGS='ignore:Editable installation' $(BIN)/python -m pip install --quiet -c $(PINS) -e ".[dev]"
 	echo '$(PYTHON_ID)' > $@
+
+# The locks (requirements/): lock.txt for every supported Python at once (uv's universal
+# resolution), lowest.txt the oldest claimed releases (requirements/lowest.in) on 3.10.
+# `make lock` keeps every pin that still fits pyproject.toml; `make lock-upgrade` moves all of
+# them to the newest releases. Review the diff, run `make test` (and `make test-all`), commit.
+UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --extra dev --quiet --no-header \
+	--custom-compile-command "make lock"
+
+lock: $(STAMP)
+	$(UV_COMPILE) --universal --python-version 3.10 -o requirements/lock.txt $(UV_FLAGS)
+	$(UV_COMPILE) --python-version 3.10 -c requirements/lowest.in -o requirements/lowest.txt
+
+lock-upgrade:
+	$(MAKE) lock UV_FLAGS=--upgrade
+
+# The newest release of everything, in .venv-latest, through the same checks as `make test`:
+# first a lock resolved afresh (.venv-latest/lock.txt) and what moved against ours.
+LATEST := .venv-latest
+
+test-latest: $(STAMP)
+	mkdir -p $(LATEST)
+	$(UV_COMPILE) --upgrade --python-version "$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')" -o $(LATEST)/lock.txt
+	@echo "== what the newest releases change against requirements/lock.txt:"
+	@$(BIN)/python requirements/compare.py requirements/lock.txt $(LATEST)/lock.txt
+	$(MAKE) VENV=$(LATEST) PINS=$(LATEST)/lock.txt test
 
 FORCE:
 
 clean:
-	rm -rf $(VENV) .nox .pytest_cache .mypy_cache .ruff_cache site
+	rm -rf $(VENV) $(LATEST) .nox .pytest_cache .mypy_cache .ruff_cache site

@@ -1,26 +1,39 @@
-"""The unit suite on Python 3.10 to 3.13, each in both posthog capture modes (v0, v1).
+"""The unit suite on every supported Python, 3.10 to 3.15, with pinned dependencies.
 
 Run it (after `make test`, which makes .venv) as:
-  .venv/bin/nox                          every Python this machine has
+  .venv/bin/nox                          every Python (CI: all of them, or it fails)
   .venv/bin/nox -s tests-3.12            one Python
   .venv/bin/nox -- -k payload -x         arguments after `--` go to pytest
-  TEST_CAPTURE_MODES=v1 .venv/bin/nox    one capture mode
+  .venv/bin/nox -l                       the sessions, with the mode and pins of each
+
+`make test-all` runs lint, mypy, the docs build and the suite on .venv's Python once
+(`make test`), then this; `.ci/run` runs `make test-all`.
 """
 
-# `make test-all` runs lint, mypy and the docs build once and then this; `.ci/run` runs
-# `make test-all`. One session per Python: its virtualenv (.nox/tests-3-XX) is made and
-# installed once, then pytest runs in it once per capture mode, with POSTHOG_CAPTURE_MODE set
-# (the posthog client reads it, so do the tests and the child processes they start); a mode
-# that fails does not stop the other from running.
+# What each session runs. Every session installs the project from a lock in requirements/
+# (pip constraints), so a fresh clone today and in a month tests the same versions:
+#
+#   tests-3.10   requirements/lowest.txt: the oldest releases the project claims (posthog,
+#                sentry-sdk 2.x, structlog, loguru, ...), on the oldest Python
+#   tests-3.11.. requirements/lock.txt: the locked releases (sentry-sdk 3.x, ...)
+#
+# The suite runs in full in one posthog capture mode (POSTHOG_CAPTURE_MODE, which the client,
+# the tests and their child processes read), alternating from one Python to the next, and the
+# tests marked `capture_protocol` (those whose subject is the wire protocol itself) run again
+# in the other mode. So both modes meet every Python, and each test meets both modes, at
+# about 1.1 runs of the suite per Python instead of 2. TEST_CAPTURE_MODES=v0,v1 runs the full
+# suite in both modes, as CI once did.
 #
 # Interpreters are found at run time, never written down: first `python3.X` on PATH if it
 # runs and says it is 3.X (a pyenv shim for a version that is not selected does not), else
-# pyenv's newest installed 3.X.N. A Python the machine lacks is skipped with a message; with
-# CI_REQUIRE_ALL_PYTHONS=1 (set by .ci/run) every session fails at once instead, so a CI
-# machine that lost an interpreter cannot pass on fewer Pythons.
+# pyenv's newest installed 3.X.N, else (3.14 and 3.15, which pyenv here cannot download)
+# Debian's packages in a root that `.ci/debian-python` builds once and reuses (it needs root).
+# A Python the machine lacks is skipped with a message; with CI_REQUIRE_ALL_PYTHONS=1 (set by
+# .ci/run) every session fails at once instead, so CI cannot pass on fewer Pythons.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -30,8 +43,19 @@ from pathlib import Path
 import nox
 from nox.command import CommandFailed
 
-PYTHONS = ("3.10", "3.11", "3.12", "3.13")
+HERE = Path(__file__).resolve().parent
+PYTHONS = ("3.10", "3.11", "3.12", "3.13", "3.14", "3.15")
 CAPTURE_MODES = ("v0", "v1")
+LOCK = "requirements/lock.txt"
+LOWEST = "requirements/lowest.txt"
+# The Python that runs the oldest claimed releases instead of the lock.
+LOWEST_PYTHON = "3.10"
+# Pythons that may come from the Debian root (.ci/debian-python) when the machine lacks them.
+DEBIAN_PYTHONS = ("3.14", "3.15")
+DEBIAN_SCRIPT = HERE / ".ci" / "debian-python"
+# pytest's workers in each run: the suite waits on child processes and sockets more than it
+# computes, so two workers on a 2-core machine nearly halve its time.
+PYTEST_WORKERS = os.environ.get("PYTEST_WORKERS", "2")
 
 # Never fetch an interpreter from the internet: the ones found below, or a skip.
 nox.options.download_python = "never"
@@ -102,27 +126,117 @@ def find_python(version: str) -> tuple[str | None, str]:
     return found, f"pyenv {pyenv_version}"
 
 
-def _capture_modes(session: nox.Session) -> list[str]:
+def _debian_usable() -> bool:
+    return os.name == "posix" and os.geteuid() == 0 and DEBIAN_SCRIPT.exists()
+
+
+def _modes(version: str) -> tuple[str, str | None]:
+    """(the mode the whole suite runs in, the mode the `capture_protocol` tests run in
+    again, or None), alternating by Python so each mode meets every other Python."""
     wanted = os.environ.get("TEST_CAPTURE_MODES", "").replace(",", " ").split()
     unknown = sorted(set(wanted) - set(CAPTURE_MODES))
     if unknown:
-        session.error(f"TEST_CAPTURE_MODES: unknown {unknown}, the modes are {CAPTURE_MODES}")
-    return [mode for mode in CAPTURE_MODES if not wanted or mode in wanted]
+        raise SystemExit(f"TEST_CAPTURE_MODES: unknown {unknown}, the modes are {CAPTURE_MODES}")
+    minor = int(version.split(".")[1])
+    primary, secondary = ("v0", "v1") if minor % 2 == 0 else ("v1", "v0")
+    if len(wanted) == 1:
+        return wanted[0], None
+    return primary, secondary
+
+
+def _pytest_runs(version: str, posargs: list[str]) -> list[tuple[str, list[str]]]:
+    """Each pytest run of a session: (capture mode, pytest arguments)."""
+    full_both = sorted(os.environ.get("TEST_CAPTURE_MODES", "").replace(",", " ").split())
+    workers = ["-n", PYTEST_WORKERS] if PYTEST_WORKERS not in ("", "0") else []
+    if full_both == list(CAPTURE_MODES):
+        return [(mode, [*workers, *posargs]) for mode in CAPTURE_MODES]
+    primary, secondary = _modes(version)
+    runs = [(primary, [*workers, *posargs])]
+    if secondary is not None:
+        runs.append((secondary, [*workers, "-m", "capture_protocol", *posargs]))
+    return runs
+
+
+def _pins(version: str) -> str:
+    return LOWEST if version == LOWEST_PYTHON else LOCK
 
 
 REQUIRE_ALL = os.environ.get("CI_REQUIRE_ALL_PYTHONS", "") not in ("", "0")
 FOUND = {version: find_python(version) for version in PYTHONS}
+for _version in DEBIAN_PYTHONS:
+    if FOUND[_version][0] is None and _debian_usable():
+        FOUND[_version] = ("debian", "Debian's package, in the root .ci/debian-python makes")
 MISSING = [version for version, (path, _) in FOUND.items() if path is None]
+
+
+def _run_pytest(session: nox.Session, version: str, python: list[str]) -> None:
+    failed = []
+    for mode, arguments in _pytest_runs(version, list(session.posargs)):
+        which = "the capture_protocol tests" if "capture_protocol" in arguments else "the suite"
+        session.log(f"{which} on Python {version} with POSTHOG_CAPTURE_MODE={mode}")
+        try:
+            session.run(
+                *python,
+                "-m",
+                "pytest",
+                *arguments,
+                env={"POSTHOG_CAPTURE_MODE": mode},
+                external=True,
+            )
+        except CommandFailed:
+            failed.append(mode)
+    if failed:
+        message = f"pytest failed on Python {version} in mode(s) {', '.join(failed)}"
+        session.warn(message)
+        raise CommandFailed(message)
+
+
+def _debian_session(session: nox.Session, version: str) -> None:
+    """A virtualenv inside the Debian root (in .nox/, which the root sees at the same path),
+    installed from the pins and reused while they and pyproject.toml are unchanged."""
+    script = str(DEBIAN_SCRIPT)
+    venv = f".nox/debian-{version}"
+    pins = _pins(version)
+    digest = hashlib.sha256(
+        (HERE / pins).read_bytes() + (HERE / "pyproject.toml").read_bytes()
+    ).hexdigest()
+    stamp = HERE / venv / ".installed"
+    session.run(script, "ensure", external=True)
+    if not stamp.exists() or stamp.read_text().strip() != digest:
+        shutil.rmtree(HERE / venv, ignore_errors=True)
+        session.run(script, "run", f"python{version}", "-m", "venv", venv, external=True)
+        session.run(
+            script,
+            "run",
+            f"{venv}/bin/python",
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "-c",
+            pins,
+            "-e",
+            ".[dev]",
+            external=True,
+            env=QUIET_EDITABLE,
+        )
+        stamp.write_text(digest + "\n")
+    _run_pytest(session, version, [script, "run", f"{venv}/bin/python"])
 
 
 def _make_session(version: str) -> None:
     interpreter, origin = FOUND[version]
+    debian = interpreter == "debian"
+    primary, secondary = _modes(version)
+    described = f"Python {version}, pins {_pins(version)}, suite in {primary}" + (
+        f", capture_protocol tests in {secondary} too" if secondary else ""
+    )
 
     @nox.session(
         name=f"tests-{version}",
-        # An absolute path: nox (python-discovery) takes it as it is. False: no virtualenv,
-        # for a session that only says why it does not run.
-        python=interpreter if interpreter is not None else False,
+        # An absolute path: nox (python-discovery) takes it as it is. False: no virtualenv
+        # (a session that only says why it does not run, or one in the Debian root).
+        python=interpreter if interpreter is not None and not debian else False,
         download_python="never",
         tags=["tests"],
     )
@@ -134,22 +248,14 @@ def _make_session(version: str) -> None:
             )
         if interpreter is None:
             session.skip(f"Python {version} not found: {origin}")
-        modes = _capture_modes(session)
-        session.log(f"Python {version}: {interpreter} ({origin})")
-        session.install("-e", ".[dev]", env=QUIET_EDITABLE)
-        failed = []
-        for mode in modes:
-            session.log(f"pytest on Python {version} with POSTHOG_CAPTURE_MODE={mode}")
-            try:
-                session.run(
-                    "python", "-m", "pytest", *session.posargs, env={"POSTHOG_CAPTURE_MODE": mode}
-                )
-            except CommandFailed:
-                failed.append(mode)
-        if failed:
-            message = f"pytest failed on Python {version} in mode(s) {', '.join(failed)}"
-            session.warn(message)
-            raise CommandFailed(message)
+        session.log(f"{described}: {interpreter} ({origin})")
+        if debian:
+            _debian_session(session, version)
+            return
+        session.install("-c", _pins(version), "-e", ".[dev]", env=QUIET_EDITABLE)
+        _run_pytest(session, version, ["python"])
+
+    tests.__doc__ = described
 
 
 for _version in PYTHONS:

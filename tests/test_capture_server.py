@@ -16,6 +16,9 @@ import pytest
 from posthog_errors.capture_server import V1_PATH, CaptureServer, Fault
 from tests.conftest import CAPTURE_MODE
 
+# Their subject is the capture protocol: CI runs them in both capture modes (noxfile.py).
+pytestmark = pytest.mark.capture_protocol
+
 API_KEY = "phc_test_capture_server"
 
 

@@ -21,6 +21,9 @@ from posthog_errors._reporter import _client_limit
 from posthog_errors.capture_server import CaptureServer
 from tests.conftest import make_client
 
+# Their subject is the capture protocol: CI runs them in both capture modes (noxfile.py).
+pytestmark = pytest.mark.capture_protocol
+
 
 @pytest.fixture(params=["v0", "v1", "sync"])
 def client(

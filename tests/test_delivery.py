@@ -18,6 +18,9 @@ from posthog_errors._delivery import worker
 from posthog_errors._reporter import Reporter, set_default_reporter
 from posthog_errors.capture_server import CaptureServer, Fault
 
+# Their subject is the capture protocol: CI runs them in both capture modes (noxfile.py).
+pytestmark = pytest.mark.capture_protocol
+
 
 def fail_deep(depth: int) -> None:
     if depth == 0:

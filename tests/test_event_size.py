@@ -25,6 +25,9 @@ from posthog_errors._reporter import Reporter, set_default_reporter
 from posthog_errors._snapshot import EventSnapshot, walk_exceptions
 from posthog_errors.capture_server import CaptureServer
 
+# Their subject is the capture protocol: CI runs them in both capture modes (noxfile.py).
+pytestmark = pytest.mark.capture_protocol
+
 CLIENT_LIMIT = 900 * 1024
 BUDGET = PayloadOptions().max_event_bytes
 

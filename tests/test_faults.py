@@ -19,6 +19,9 @@ from posthog_errors.capture_server import CaptureServer, Fault
 from tests.conftest import make_client
 from tests.scripts import run_script
 
+# Their subject is the capture protocol: CI runs them in both capture modes (noxfile.py).
+pytestmark = pytest.mark.capture_protocol
+
 CLIENT_TIMEOUT = 20.0  # what a blocking call would wait; every bound below is far shorter
 
 

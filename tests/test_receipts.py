@@ -22,6 +22,9 @@ from posthog_errors.capture_server import CaptureServer, Fault
 from tests.conftest import make_client
 from tests.scripts import run_script
 
+# Their subject is the capture protocol: CI runs them in both capture modes (noxfile.py).
+pytestmark = pytest.mark.capture_protocol
+
 OUTCOMES = ("sent", "deduplicated", "rate_limited", "filtered", "dropped", "rejected",
             "undelivered")  # fmt: skip
 

@@ -21,6 +21,9 @@ from posthog_errors.handler import PostHogHandler
 from tests.conformance import assert_event_conforms, json_depth
 from tests.conftest import make_client
 
+# Their subject is the capture protocol: CI runs them in both capture modes (noxfile.py).
+pytestmark = pytest.mark.capture_protocol
+
 TYPED_KEYS = sorted(_conform.TYPED_KEYS)
 
 
