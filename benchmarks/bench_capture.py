@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import importlib.metadata
+import inspect
 import linecache
 import os
 import statistics
@@ -231,12 +232,21 @@ def build_contenders(url: str) -> tuple[list[Contender], list[posthog.Posthog]]:
     def posthog_drain() -> None:
         theirs_client.flush(30.0)
 
-    # The options of a sentry client as sentry_sdk.init() would make them (no DSN, so no
-    # transport): source context and local variables on, as by default.
-    sentry_options = sentry_sdk.Client().options
+    # A sentry client as sentry_sdk.init() would make it (no DSN, so no transport): source
+    # context and local variables on, as by default. sentry-sdk 2.x takes its options as an
+    # argument; 3.x reads them from the current client (no client_options parameter).
+    sentry_client = sentry_sdk.Client()
+    if "client_options" in inspect.signature(event_from_exception).parameters:
+        sentry_options = sentry_client.options
 
-    def sentry_capture(exc: BaseException) -> object:
-        return event_from_exception(exc, client_options=sentry_options)
+        def sentry_capture(exc: BaseException) -> object:
+            return event_from_exception(exc, client_options=sentry_options)
+
+    else:
+        sentry_sdk.Scope.get_global_scope().set_client(sentry_client)
+
+        def sentry_capture(exc: BaseException) -> object:
+            return event_from_exception(exc)
 
     contenders = [
         Contender("posthog-errors", ours_capture, ours_drain),

@@ -19,8 +19,10 @@ Two scenarios, every figure a ratio against a peer measured in the same run:
    ``NullHandler``, one process each (install() hooks once per process): with
    ``steps=False`` (one level comparison), and as it comes, steps on (the record becomes a
    step), plus a logger at WARNING whose level filters the record out before it is made.
-   sentry-sdk's default ``LoggingIntegration`` over a ``NullHandler``: it makes every INFO
-   record a breadcrumb, so it is the row to compare a step with. The steps loops run far
+   sentry-sdk's ``LoggingIntegration`` over a ``NullHandler``, set up as 2.x's default on
+   every line (breadcrumbs from INFO, events from ERROR; on 3.x, where it is off by default
+   and sends records to Sentry Logs, without Sentry Logs): it makes every INFO record a
+   breadcrumb, so it is the row to compare a step with. The steps loops run far
    past the trail's bound, so they include its segment turnover. Targets from the issues: at
    most 1.05x the same call without posthog-errors when the record is not kept, at most
    1.10x when it becomes a step. Then the memory a context's trail holds (tracemalloc, at
@@ -469,6 +471,23 @@ def measure_trail_memory(logger: logging.Logger) -> dict[str, Any]:
     }
 
 
+def sentry_logging_integration() -> Any:
+    """sentry-sdk's ``LoggingIntegration`` doing the same work on every release line: 2.x's
+    default (breadcrumbs from INFO, events from ERROR). 3.x turns it off by default, and its
+    ``LoggingIntegration()`` sends records to Sentry Logs and makes no events; its options
+    are asked for by name, so that 3.x gets breadcrumbs and events and no Sentry Logs."""
+    import inspect
+
+    from sentry_sdk.integrations.logging import LoggingIntegration
+
+    options = inspect.signature(LoggingIntegration).parameters
+    if "breadcrumb_level" in options:  # 3.x: level is Sentry Logs', breadcrumbs their own
+        return LoggingIntegration(
+            level=None, breadcrumb_level=logging.INFO, event_level=logging.ERROR
+        )
+    return LoggingIntegration(level=logging.INFO, event_level=logging.ERROR)  # 2.x: breadcrumbs
+
+
 def child_filtered_sentry(config: Config, posthog_url: str, sentry_dsn: str) -> dict[str, Any]:
     """sentry-sdk's patched ``Logger.callHandlers`` over a NullHandler, against the same
     logger with the original ``callHandlers`` put back, taking turns in one process: each
@@ -479,7 +498,8 @@ def child_filtered_sentry(config: Config, posthog_url: str, sentry_dsn: str) -> 
     original = logging.Logger.callHandlers
     sentry_sdk.init(
         dsn=sentry_dsn,
-        default_integrations=True,  # among them LoggingIntegration, which patches logging
+        default_integrations=True,
+        integrations=[sentry_logging_integration()],  # patches logging
         sample_rate=1.0,
         release="bench",  # otherwise sentry-sdk runs `git rev-parse` to guess one
     )
@@ -506,7 +526,7 @@ def measure_breadcrumb_memory(logger: logging.Logger) -> dict[str, Any]:
     default) from INFO records, in sentry-sdk's isolation scope."""
     import sentry_sdk
 
-    scope = sentry_sdk.get_isolation_scope()
+    scope = sentry_sdk.Scope.get_isolation_scope()  # sentry-sdk 2.0 has no top-level one
     limit = int(sentry_sdk.get_client().options["max_breadcrumbs"])
 
     def fill() -> int:
@@ -637,6 +657,7 @@ def child_exc_sentry(config: Config, posthog_url: str, sentry_dsn: str) -> dict[
     sentry_sdk.init(
         dsn=sentry_dsn,
         default_integrations=True,
+        integrations=[sentry_logging_integration()],  # an event for each logger.exception
         sample_rate=1.0,
         release="bench",  # otherwise sentry-sdk runs `git rev-parse` to guess one
     )

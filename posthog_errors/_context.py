@@ -226,7 +226,9 @@ def _from_sentry() -> tuple[str | None, str | None]:
     if sentry_sdk is None:
         return None, None
     try:
-        for scope in (sentry_sdk.get_current_scope(), sentry_sdk.get_isolation_scope()):
+        # Scope.get_*_scope(): in every 2.x and 3.x (the top-level functions came in 2.x)
+        scopes = (sentry_sdk.Scope.get_current_scope(), sentry_sdk.Scope.get_isolation_scope())
+        for scope in scopes:
             value = scope._tags.get(SENTRY_ID_TAG)
             if value is None:  # the seed's third way: set_context("posthog", {tag: id})
                 context = scope._contexts.get(SENTRY_CONTEXT)

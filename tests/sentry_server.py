@@ -23,7 +23,12 @@ import sentry_sdk
 
 from posthog_errors._loopback import LoopbackServer, QuietHandler
 
-__all__ = ["SentryServer", "parse_envelope", "sentry_initialised"]
+__all__ = ["SENTRY_SDK_MAJOR", "SentryServer", "parse_envelope", "sentry_initialised"]
+
+# The installed sentry-sdk's release line: the suite runs against 2.x and 3.x, and asserts
+# each line's own behaviour where they differ (3.x: no logging events by default, Sentry
+# Logs, spans streamed instead of transactions).
+SENTRY_SDK_MAJOR = int(sentry_sdk.VERSION.split(".")[0])
 
 _MAX_BODY = 20 * 1024 * 1024
 _INGEST = re.compile(r"^/api/\d+/(envelope|store)/?$")
@@ -155,8 +160,37 @@ class SentryServer(LoopbackServer):
 
     @property
     def transactions(self) -> list[dict[str, Any]]:
+        """Transactions (sentry-sdk 2.x's traces)."""
         with self._cond:
             return self._items("transaction")
+
+    def _contained(self, kind: str) -> list[dict[str, Any]]:
+        """The entries of container items (``{"version": 2, "items": [...]}``)."""
+        return [
+            entry
+            for payload in self._items(kind)
+            for entry in payload.get("items") or []
+            if isinstance(entry, dict)
+        ]
+
+    @property
+    def spans(self) -> list[dict[str, Any]]:
+        """Streamed spans (sentry-sdk 3.x's traces: ``span`` items); the root span of a
+        trace has ``is_segment``."""
+        with self._cond:
+            return self._contained("span")
+
+    @property
+    def logs(self) -> list[dict[str, Any]]:
+        """Sentry Logs (``log`` items): sentry-sdk 3.x's ``LoggingIntegration()`` sends
+        log records there by default."""
+        with self._cond:
+            return self._contained("log")
+
+    def wait_for_logs(self, count: int, *, timeout: float = 10.0) -> list[dict[str, Any]]:
+        with self._cond:
+            self._cond.wait_for(lambda: len(self._contained("log")) >= count, timeout)
+            return self._contained("log")
 
     def wait_for_events(self, count: int, *, timeout: float = 10.0) -> list[dict[str, Any]]:
         """Block until ``count`` events arrived; on timeout return what there is."""
@@ -196,9 +230,10 @@ def sentry_initialised(dsn: str, **options: Any) -> Iterator[sentry_sdk.client.B
         client.flush(timeout=5)
         client.close(timeout=5)
         for scope in (
-            sentry_sdk.get_current_scope(),
-            sentry_sdk.get_isolation_scope(),
-            sentry_sdk.get_global_scope(),
+            # Scope's own getters: sentry-sdk 2.0 has no top-level get_*_scope()
+            sentry_sdk.Scope.get_current_scope(),
+            sentry_sdk.Scope.get_isolation_scope(),
+            sentry_sdk.Scope.get_global_scope(),
         ):
             scope.set_client(None)  # None means NonRecordingClient: inactive, no DSN
         assert not sentry_sdk.get_client().is_active()

@@ -3,6 +3,7 @@ real posthog client sending to a loopback capture server: both sides' JSON is ch
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 
@@ -17,7 +18,7 @@ from posthog_errors.capture_server import CaptureServer
 from posthog_errors.sentry import PostHogIntegration, app_host, sentry_integration
 from tests.conftest import API_KEY
 from tests.scripts import run_script
-from tests.sentry_server import SentryServer, sentry_initialised
+from tests.sentry_server import SENTRY_SDK_MAJOR, SentryServer, sentry_initialised
 
 
 @pytest.fixture
@@ -270,30 +271,83 @@ def run_with_sentry(body: str, capture: CaptureServer, sentry: SentryServer):  #
     )
 
 
+# sentry-sdk's logging integration, as an app may set it up: the line's default, 3.x's
+# LoggingIntegration() (records to Sentry Logs), and events from ERROR asked explicitly.
+LOGGING_SETUPS = {
+    "default": "[]",
+    "LoggingIntegration()": "[LoggingIntegration()]",
+    "event_level=ERROR": "[LoggingIntegration(event_level=logging.ERROR)]",
+}
+
+
 def test_logger_exception_with_sentrys_logging_integration(
     capture_server: CaptureServer, sentry_server: SentryServer
 ) -> None:
+    """A logged exception is linked when the installed sentry-sdk makes a Sentry event of
+    the record (2.x by default, any line with ``event_level`` set); otherwise (3.x's
+    defaults) its PostHog event is sent at once, unlinked, and never held back. One child,
+    re-initialising Sentry for each setup (its logging patch reads the current client)."""
     result = run_with_sentry(
-        """
+        f"""
+        import json
+        from posthog_errors import _extensions
+        from sentry_sdk.integrations.logging import LoggingIntegration
+
         posthog_errors.install(client)
-        with posthog_errors.bind("logged-user"):
-            try:
-                raise KeyError("order 9")
-            except KeyError:
-                logging.getLogger("shop").exception("checkout failed")
-        sentry_sdk.flush(5)
+        held = {{}}
+        _extensions.add_capture_hook(
+            lambda exc, snapshot: held.setdefault(str(exc), snapshot.not_before > 0))
+        for setup, extra in {{
+            {", ".join(f"{name!r}: {code}" for name, code in LOGGING_SETUPS.items())}
+        }}.items():
+            sentry_sdk.init(dsn=sys.argv[2], release="t", integrations=[
+                PostHogIntegration(client, organization="my-org"), *extra])
+            with posthog_errors.bind("logged-user"):
+                try:
+                    raise ValueError(f"order {{setup}}")
+                except ValueError:
+                    logging.getLogger("shop").exception("checkout failed")
+            sentry_sdk.flush(5)
+        assert posthog_errors.flush(5)
+        print(json.dumps(held))
         """,
         capture_server,
         sentry_server,
     )
     assert result.returncode == 0, result.stderr
-    sentry_event = one_sentry_event(sentry_server)
-    assert sentry_event["tags"]["posthog_distinct_id"] == "logged-user"
-    [event] = capture_server.wait_for_events(1)
-    assert event["distinct_id"] == "logged-user"
-    assert event["properties"]["$exception_source"] == "python.logging"
-    assert event["properties"]["$sentry_event_id"] == sentry_event["event_id"]
-    assert event["properties"]["$sentry_url"].endswith(f"query={sentry_event['event_id']}")
+    held = json.loads(result.stdout.splitlines()[-1])
+    makes_events = {
+        setup: setup == "event_level=ERROR" or SENTRY_SDK_MAJOR < 3 for setup in LOGGING_SETUPS
+    }
+    assert held == {f"order {setup}": makes for setup, makes in makes_events.items()}
+    sentry_events = {
+        event["exception"]["values"][-1]["value"]: event for event in sentry_server.events
+    }
+    assert sorted(sentry_events) == sorted(f"order {s}" for s, m in makes_events.items() if m)
+    posthog_events = {
+        event["properties"]["$exception_list"][0]["value"]: event
+        for event in capture_server.wait_for_events(len(LOGGING_SETUPS))
+    }
+    assert sorted(posthog_events) == sorted(f"order {setup}" for setup in LOGGING_SETUPS)
+    for message, event in posthog_events.items():
+        props = event["properties"]
+        assert event["distinct_id"] == "logged-user"
+        assert props["$exception_source"] == "python.logging"
+        sentry_event = sentry_events.get(message)
+        if sentry_event is None:
+            assert "$sentry_event_id" not in props and "$sentry_url" not in props, props
+            continue
+        assert sentry_event["logger"] == "shop"
+        assert sentry_event["tags"]["posthog_distinct_id"] == "logged-user"
+        assert props["$sentry_event_id"] == sentry_event["event_id"]
+        assert props["$sentry_url"].endswith(f"query={sentry_event['event_id']}")
+    # 3.x's LoggingIntegration() sends records to Sentry Logs (level INFO and up, whatever
+    # event_level says); 2.x sends no logs unless asked to.
+    logs = [(log["body"], log["level"]) for log in sentry_server.logs]
+    if SENTRY_SDK_MAJOR >= 3:
+        assert logs == [("checkout failed", "error")] * 2
+    else:
+        assert logs == []
 
 
 def test_uncaught_exception_in_a_child_process(
@@ -544,9 +598,17 @@ def test_before_send_deleting_the_tag_filters_our_own_capture_too(
 
 @pytest.mark.parametrize(
     ("logging_integration", "waits"),
-    [("event_level=ERROR", True), ("event_level=None", False), ("disabled", False)],
+    [
+        ("event_level=ERROR", True),
+        ("event_level=CRITICAL", False),
+        ("event_level=None", False),
+        ("disabled", False),
+        # 2.x: events from ERROR by default; 3.x: Sentry Logs, and no events by default
+        ("LoggingIntegration()", SENTRY_SDK_MAJOR < 3),
+    ],
 )
 def test_a_log_record_waits_only_if_sentry_makes_an_event_of_it(
+    capture_server: CaptureServer,
     sentry_server: SentryServer,
     reporter: Reporter,
     logging_integration: str,
@@ -556,11 +618,13 @@ def test_a_log_record_waits_only_if_sentry_makes_an_event_of_it(
 
     from posthog_errors import _extensions
 
-    integrations = []
-    if logging_integration == "event_level=ERROR":
-        integrations.append(LoggingIntegration(event_level=logging.ERROR))
-    elif logging_integration == "event_level=None":
-        integrations.append(LoggingIntegration(event_level=None))
+    integrations = {
+        "event_level=ERROR": [LoggingIntegration(event_level=logging.ERROR)],
+        "event_level=CRITICAL": [LoggingIntegration(event_level=logging.CRITICAL)],
+        "event_level=None": [LoggingIntegration(event_level=None)],
+        "disabled": [],
+        "LoggingIntegration()": [LoggingIntegration()],
+    }[logging_integration]
     held_back: list[bool] = []
     _extensions.add_capture_hook(lambda exc, snapshot: held_back.append(snapshot.not_before > 0))
     # sentry-sdk's LoggingIntegration patches logging for the rest of the process: put the
@@ -571,6 +635,10 @@ def test_a_log_record_waits_only_if_sentry_makes_an_event_of_it(
     logger.propagate = False
     try:
         with sentry_initialised(sentry_server.dsn, integrations=integrations):
+            if integrations and logging.Logger.callHandlers is call_handlers:
+                # sentry-sdk patches once per process, and an earlier case put logging
+                # back: patch again, with sentry-sdk's own setup.
+                LoggingIntegration.setup_once()
             try:
                 fail("logged")
             except ValueError:
@@ -580,3 +648,12 @@ def test_a_log_record_waits_only_if_sentry_makes_an_event_of_it(
         _extensions._capture_hooks.pop()
         logging.Logger.callHandlers = call_handlers  # type: ignore[method-assign]
     assert held_back == [waits]
+    # What crossed the wires agrees: a Sentry event exactly when the PostHog event waited
+    # for one, and then PostHog's names it.
+    props = one_posthog_event(capture_server)["properties"]
+    if waits:
+        sentry_event = one_sentry_event(sentry_server)
+        assert props["$sentry_event_id"] == sentry_event["event_id"]
+    else:
+        assert sentry_server.events == []
+        assert "$sentry_event_id" not in props

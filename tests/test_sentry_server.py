@@ -19,7 +19,12 @@ from collections.abc import Iterator, Mapping
 import pytest
 import sentry_sdk
 
-from tests.sentry_server import SentryServer, parse_envelope, sentry_initialised
+from tests.sentry_server import (
+    SENTRY_SDK_MAJOR,
+    SentryServer,
+    parse_envelope,
+    sentry_initialised,
+)
 
 
 @pytest.fixture
@@ -83,19 +88,40 @@ def test_capture_message_arrives(server: SentryServer) -> None:
     assert server.transactions == []
 
 
-def test_uncompressed_bodies_and_transactions(server: SentryServer) -> None:
+def test_uncompressed_bodies_and_traces(server: SentryServer) -> None:
+    """A trace arrives as the installed line sends it: 2.x a ``transaction`` event, 3.x
+    (span streaming only, no ``start_transaction``) ``span`` items, the root a segment."""
     options = {"traces_sample_rate": 1.0, "_experiments": {"transport_compression_level": 0}}
     with sentry_initialised(server.dsn, **options):
-        with sentry_sdk.start_transaction(name="checkout", op="task"):
-            sentry_sdk.capture_message("inside")
+        if SENTRY_SDK_MAJOR >= 3:
+            assert not hasattr(sentry_sdk, "start_transaction")
+            with sentry_sdk.start_span(name="checkout", attributes={"sentry.op": "task"}):
+                sentry_sdk.capture_message("inside")
+        else:
+            with sentry_sdk.start_transaction(name="checkout", op="task"):
+                sentry_sdk.capture_message("inside")
         sentry_sdk.flush(5)
         deadline = time.monotonic() + 5
-        while not server.transactions and time.monotonic() < deadline:
+        while not (server.transactions or server.spans) and time.monotonic() < deadline:
             time.sleep(0.02)
-    assert [e["message"] for e in server.events] == ["inside"]
-    (transaction,) = server.transactions
-    assert transaction["transaction"] == "checkout"
-    assert transaction["contexts"]["trace"]["op"] == "task"
+    [event] = server.events
+    assert event["message"] == "inside"
+    assert event["transaction"] == "checkout"
+    assert event["contexts"]["trace"]["op"] == "task"
+    if SENTRY_SDK_MAJOR >= 3:
+        assert server.transactions == []
+        (span,) = server.spans
+        assert span["name"] == "checkout" and span["is_segment"] is True
+        assert span["attributes"]["sentry.op"]["value"] == "task"
+        assert span["trace_id"] == event["contexts"]["trace"]["trace_id"]
+    else:
+        assert server.spans == []
+        (transaction,) = server.transactions
+        assert transaction["transaction"] == "checkout"
+        assert transaction["contexts"]["trace"]["op"] == "task"
+        assert (
+            transaction["contexts"]["trace"]["trace_id"] == (event["contexts"]["trace"]["trace_id"])
+        )
 
 
 def test_helper_leaves_no_active_client(server: SentryServer) -> None:

@@ -91,6 +91,8 @@ _POSTHOG_OPTIONS = frozenset(
 )
 # Python level numbers of PostHog's levels, to compare with Sentry's logging event level.
 _LEVEL_NUMBERS = {"fatal": 50, "error": 40, "warning": 30, "log": 20, "info": 20, "debug": 10}
+# Where sentry-sdk's LoggingIntegration keeps the handler that makes events: 2.x, 3.x.
+_EVENT_HANDLER_ATTRIBUTES = ("_handler", "_event_handler")
 
 _LINK_ATTR = "__posthog_errors_sentry_link"
 _HINT_KEY = "posthog_errors_pending"
@@ -428,23 +430,45 @@ def _sentry_active() -> bool:
 
 
 def _sentry_may_report(snapshot: EventSnapshot) -> bool:
-    """Whether Sentry may make an event of its own for this capture. Only a log record is
-    told apart: sentry-sdk's logging integration makes events from its ``event_level`` up
-    (ERROR by default in 2.x; no events by default in 3.0)."""
+    """Whether Sentry may make an event of its own for this capture, asked of the installed
+    sentry-sdk, never assumed: a PostHog event waits only for a Sentry event that can come.
+
+    Only a log record is told apart. sentry-sdk's logging integration makes events from its
+    event level up: ``LoggingIntegration(event_level=...)``, ERROR by default and on by
+    default in 2.x; in 3.x off by default, and ``LoggingIntegration()`` sends records to
+    Sentry Logs and makes no events unless ``event_level`` is given.
+    """
     if snapshot.source != "python.logging":
         return True
     try:
-        from sentry_sdk.integrations.logging import LoggingIntegration
-
-        integration = sentry_sdk.get_client().get_integration(LoggingIntegration)
-        if integration is None:
-            return False
-        handler = integration._handler
-        if handler is None:
-            return False  # event_level=None: breadcrumbs and logs only
-        return _LEVEL_NUMBERS.get(snapshot.level, 40) >= int(handler.level)
+        threshold = _logging_event_level()
     except Exception:
         return True  # a sentry-sdk we cannot read: wait, as before
+    return threshold is not None and _LEVEL_NUMBERS.get(snapshot.level, 40) >= threshold
+
+
+def _logging_event_level() -> int | None:
+    """The level from which sentry-sdk's logging integration makes Sentry events of log
+    records, or None when it makes none (not enabled, or ``event_level=None``).
+
+    Both release lines keep the handler that makes events as an ``EventHandler`` (public in
+    ``sentry_sdk.integrations.logging``) on the integration, under a name that changed
+    (2.x ``_handler``, 3.x ``_event_handler``, beside 3.x's ``_logs_handler`` and
+    ``_breadcrumb_handler``): it is found by its class, not by its name. A layout with no
+    such attribute at all is not guessed at: ``LookupError``, and the caller waits.
+    """
+    from sentry_sdk.integrations.logging import EventHandler, LoggingIntegration
+
+    integration = sentry_sdk.get_client().get_integration(LoggingIntegration)
+    if integration is None:
+        return None
+    attributes = vars(integration)
+    handlers = [value for value in attributes.values() if isinstance(value, EventHandler)]
+    if handlers:
+        return min(int(handler.level) for handler in handlers)
+    if any(name in attributes for name in _EVENT_HANDLER_ATTRIBUTES):
+        return None  # the handler's slot is there, empty: event_level=None
+    raise LookupError(f"no event handler slot on sentry-sdk {sentry_sdk.VERSION}'s logging")
 
 
 # -- helpers ------------------------------------------------------------------------------
