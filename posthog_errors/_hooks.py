@@ -109,12 +109,16 @@ def install_threading_excepthook(reporter: Reporter, *, capture_exits: bool = Fa
     switch = _Switch()
 
     def posthog_errors_threading_excepthook(args: threading.ExceptHookArgs) -> None:
-        # Runs in the dying thread, so the context it reads is that thread's own.
+        # Runs in the dying thread. Up to 3.13 the thread's target ran in the thread's own
+        # context, which is still current here; from 3.14 it runs in ``thread._context``
+        # (empty, or the starter's copy: sys.flags.thread_inherit_context) and this hook
+        # runs outside it, so the person the thread bound is read from there.
         try:
             if switch.on and _reportable(args.exc_value, capture_exits):
                 assert args.exc_value is not None
                 thread = args.thread
-                reporter.capture(
+                _thread_context(thread).run(
+                    reporter.capture,
                     args.exc_value,
                     level="error",
                     handled=False,
@@ -150,10 +154,7 @@ def install_unraisablehook(reporter: Reporter) -> Restore:
                     handled=False,
                     mechanism="unraisablehook",
                     source="python.unraisablehook",
-                    properties={
-                        "unraisable_message": unraisable.err_msg or "Exception ignored in",
-                        "unraisable_object": _describe(unraisable.object),
-                    },
+                    properties=_unraisable_properties(unraisable),
                 )
         finally:
             previous(unraisable)
@@ -391,6 +392,39 @@ def _task_context(context: dict[str, Any]) -> contextvars.Context:
     if isinstance(task_context, contextvars.Context):
         return task_context.copy()  # a copy: the original may be entered elsewhere
     return contextvars.copy_context()
+
+
+def _thread_context(thread: threading.Thread | None) -> contextvars.Context:
+    """A copy of the context ``thread``'s target ran in, from Python 3.14 (where
+    ``Thread._context`` holds it); before, a copy of the current one, which is that one."""
+    context = getattr(thread, "_context", None)
+    if isinstance(context, contextvars.Context):
+        return context.copy()  # a copy: never enter a context another frame may be in
+    return contextvars.copy_context()
+
+
+def _unraisable_properties(unraisable: Any) -> dict[str, str]:
+    """What the default hook prints above the traceback, as properties.
+
+    Up to 3.13 that is ``err_msg`` (``"Exception ignored in"`` when unset) and the object:
+    ``Exception ignored in: <function Leaky.__del__ at 0x...>``. From 3.14 CPython puts the
+    object in the message itself (``Exception ignored while calling deallocator <function
+    Leaky.__del__ at 0x...>``) and passes no object: then there is no
+    ``unraisable_object``, rather than ``"None"``.
+    """
+    message = unraisable.err_msg
+    properties = {
+        "unraisable_message": _bounded(message, 300)
+        if isinstance(message, str) and message
+        else "Exception ignored in"
+    }
+    if unraisable.object is not None:
+        properties["unraisable_object"] = _describe(unraisable.object)
+    return properties
+
+
+def _bounded(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _describe(obj: object) -> str:

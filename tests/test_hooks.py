@@ -109,7 +109,15 @@ def test_thread_asyncio_and_unraisable_exceptions_each_arrive_once(
     )
     assert result.returncode == 0, result.stderr
     assert "Exception in thread worker-1" in result.stderr  # the previous hooks still ran
-    assert "Exception ignored in" in result.stderr
+    # The default unraisable hook still printed: CPython 3.14 reworded its heading and
+    # moved the object into the message ("Exception ignored while calling deallocator
+    # <function Leaky.__del__ at 0x...>:" instead of "Exception ignored in: <function ...>").
+    if sys.version_info >= (3, 14):
+        assert "Exception ignored while calling deallocator <function Leaky.__del__" in (
+            result.stderr
+        )
+    else:
+        assert "Exception ignored in: <function Leaky.__del__" in result.stderr
     events = capture_server.wait_for_events(4)
     by_type = {e["properties"]["$exception_list"][0]["type"]: e["properties"] for e in events}
     assert len(events) == 4 and set(by_type) == {
@@ -124,7 +132,15 @@ def test_thread_asyncio_and_unraisable_exceptions_each_arrive_once(
     assert by_type["ArithmeticError"]["$exception_source"] == "python.asyncio"
     assert "never retrieved" in by_type["ArithmeticError"]["asyncio_message"]
     assert by_type["OSError"]["$exception_source"] == "python.unraisablehook"
-    assert "Leaky.__del__" in by_type["OSError"]["unraisable_object"]
+    unraisable = by_type["OSError"]
+    if sys.version_info >= (3, 14):  # the object is in CPython's message, and not passed
+        assert unraisable["unraisable_message"].startswith(
+            "Exception ignored while calling deallocator <function Leaky.__del__ at 0x"
+        )
+        assert "unraisable_object" not in unraisable
+    else:
+        assert unraisable["unraisable_message"] == "Exception ignored in"
+        assert "Leaky.__del__" in unraisable["unraisable_object"]
     for props in by_type.values():
         assert props["$exception_level"] == "error"
         assert props["$exception_handled"] is False
