@@ -632,6 +632,9 @@ def test_source_file_shortened_after_import(tmp_path: Path) -> None:
 
 
 def test_frozen_module_frames_are_not_in_app() -> None:
+    """Frozen stdlib frames are the interpreter's. Their source context is what CPython's
+    own ``traceback`` shows: none up to 3.13; from 3.14 ``linecache`` reads a frozen stdlib
+    module's source from its ``__file__`` (the .py it was frozen from), so its lines."""
     exc = catch(importlib.import_module, "posthog_errors_test_no_such_module")
     assert isinstance(exc, ModuleNotFoundError)
 
@@ -644,13 +647,25 @@ def test_frozen_module_frames_are_not_in_app() -> None:
     assert by_file["importlib/__init__.py"]["in_app"] is False
     frozen = [f for f in frames(entry) if f["abs_path"].startswith("<frozen ")]
     assert frozen, "expected importlib's frozen frames in the traceback"
+    shown = {  # (lineno, line) as the interpreter's traceback shows them
+        (summary.lineno, summary.line)
+        for summary in traceback.extract_tb(exc.__traceback__)
+        if summary.filename.startswith("<frozen ")
+    }
     for frame in frozen:
         assert frame["filename"] == frame["abs_path"] == "<frozen importlib._bootstrap>"
         assert frame["module"] == "importlib._bootstrap"
         assert frame["in_app"] is False
         assert isinstance(frame["lineno"], int)
-        assert frame["pre_context"] == [] and frame["post_context"] == []
-        assert frame["context_line"] is None
+        assert (frame["lineno"], (frame["context_line"] or "").strip()) in shown
+        if frame["context_line"] is None:
+            assert frame["pre_context"] == [] and frame["post_context"] == []
+    source = getattr(sys.modules["importlib._bootstrap"], "__file__", None)
+    if sys.version_info >= (3, 14) and source and os.path.exists(source):
+        assert "raise ModuleNotFoundError" in (frozen[-1]["context_line"] or "")
+        assert len(frozen[-1]["pre_context"]) == len(frozen[-1]["post_context"]) == 5
+    elif sys.version_info < (3, 14):
+        assert all(f["context_line"] is None for f in frozen)
     assert frames(entry)[0]["in_app"] is True  # catch() in this file
 
 
