@@ -48,7 +48,7 @@ from posthog_errors.capture_server import CaptureServer
 from posthog_errors.sentry import PERSON_URL_TAG, POSTHOG_ID_TAG
 from tests.conformance import assert_event_conforms
 from tests.conftest import API_KEY
-from tests.sentry_server import SentryServer
+from tests.sentry_server import SENTRY_SDK_MAJOR, SentryServer
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "sentry.md"
 MARKER = re.compile(r"<!-- example: (?P<name>[a-z0-9-]+)(?: \(after (?P<after>[a-z0-9-]+)\))? -->")
@@ -261,7 +261,13 @@ def check_flask(outcome: Outcome) -> None:
         for event in outcome.sentry_events
     }
     assert users == {"user_42": "user_42", "anon_7f3a": None, None: None}
-    assert outcome.sentry.transactions  # traces_sample_rate=1.0: the requests' traces
+    # traces_sample_rate=1.0: the requests' traces, as the installed line sends them
+    if SENTRY_SDK_MAJOR >= 3:
+        segments = [span for span in outcome.sentry.spans if span.get("is_segment")]
+        assert len(segments) == 3 and outcome.sentry.transactions == []
+        assert {span["name"] for span in segments} == {"/api/users"}
+    else:
+        assert len(outcome.sentry.transactions) == 3 and outcome.sentry.spans == []
 
 
 def check_django(outcome: Outcome) -> None:
@@ -333,6 +339,21 @@ def check_metrics(outcome: Outcome) -> None:
     assert properties["integration_errors"] == 1
     assert properties["error_rate"] == 0.5
     assert outcome.result.stderr.count("Sentry event missing PostHog user ID") == 1
+
+
+def check_sentry_3(outcome: Outcome) -> None:
+    """3.x's ``LoggingIntegration()`` sends both records to Sentry Logs; 2.x sends none."""
+    logs = [(log["body"], log["level"]) for log in outcome.sentry.logs]
+    if SENTRY_SDK_MAJOR >= 3:
+        assert logs == [("payment failed", "error")] * 2
+    else:
+        assert logs == []
+    # On 2.x the first failure's Sentry event comes from the log record; on either line the
+    # second's from the explicit capture, not from the record logged after it.
+    [(_, first, _), (_, second, _)] = outcome.pairs
+    if SENTRY_SDK_MAJOR < 3:
+        assert first is not None and first["logger"] == "shop"
+    assert second is not None and second.get("logger") != "shop"
 
 
 def check_bridge(outcome: Outcome) -> None:
@@ -598,22 +619,27 @@ EXPECTED: dict[str, Expect] = {
     ),
     "sentry-3": Expect(
         (
-            # logged only: no Sentry event, and PostHog's sent without one
+            # logged only: 3.x makes a Sentry log of it, no event, and PostHog's event goes
+            # out at once, unlinked; 2.x makes a Sentry event of the record, named by
+            # PostHog's (which waited for it)
             Failure(
                 "TimeoutError",
                 "payment provider did not answer for order 1",
                 "user_123",
-                sentry=False,
+                sentry=SENTRY_SDK_MAJOR < 3,
                 source="python.logging",
+                waits_for_sentry=SENTRY_SDK_MAJOR < 3,
             ),
-            # captured by Sentry, then logged: PostHog's names Sentry's
+            # captured by Sentry, then logged (no second Sentry event on either line: 3.x
+            # makes none of records, 2.x's dedupe drops it): PostHog's names Sentry's
             Failure(
                 "TimeoutError",
                 "payment provider did not answer for order 2",
                 "user_123",
                 source="python.logging",
             ),
-        )
+        ),
+        check=check_sentry_3,
     ),
 }
 
