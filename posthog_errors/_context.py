@@ -25,6 +25,8 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any, ParamSpec, TypeVar
 
+from posthog_errors import _steps
+
 __all__ = [
     "Binding",
     "bind",
@@ -270,10 +272,13 @@ def caller_properties() -> dict[str, Any] | None:
 
 
 def carry_context(function: Callable[P, R]) -> Callable[P, R]:
-    """Wrap ``function`` to run in a copy of the current context, wherever it is called.
+    """Wrap ``function`` to run in a copy of the current context, wherever it is called:
+    the IDs, the bound properties and the exception steps of the caller.
 
-    New threads start with an empty context, and ``ThreadPoolExecutor`` workers with their
-    own, so IDs bound by the caller are lost there. Wrap the target::
+    New threads start with an empty context (from Python 3.14 with
+    ``-X thread_inherit_context=1``, the starter's IDs but no steps), and
+    ``ThreadPoolExecutor`` workers with their own, so what the caller bound is lost there.
+    Wrap the target::
 
         threading.Thread(target=posthog_errors.carry_context(work)).start()
         executor.submit(posthog_errors.carry_context(work), item)
@@ -292,7 +297,8 @@ def carry_context(function: Callable[P, R]) -> Callable[P, R]:
 def _remembering(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run ``function``; an exception escaping it remembers the carried binding, as if it
     had escaped a ``bind()`` block (the thread's excepthook runs outside the carried
-    context)."""
+    context). The carried steps become this thread's (a trail is per thread)."""
+    _steps.adopt()
     try:
         return function(*args, **kwargs)
     except BaseException as exc:

@@ -295,10 +295,11 @@ def install_logging_hook(handler: PostHogHandler) -> Restore:
     previous = logger_class.callHandlers
     gate = _LevelGate(handler.level)
     # The common case inline: a record that becomes a step (level routed to steps, logger
-    # known not ignored, no filters on the handler) costs a few dict lookups and one
-    # ContextVar.set here; anything else goes through handler.handle().
+    # known not ignored, no filters on the handler, a trail of this thread with room)
+    # costs a few dict lookups and one ContextVar.set here; anything else goes through
+    # handler.handle().
     routes, ignored, step_route = handler._routes, handler._ignored_cache, STEP_ROUTE
-    trail, fits = _steps.HEAD, _steps.MAX_STEPS
+    trail, fits, ident = _steps.HEAD, _steps.MAX_STEPS, threading.get_ident
 
     def posthog_errors_call_handlers(self: logging.Logger, record: logging.LogRecord) -> None:
         levelno = record.levelno
@@ -311,8 +312,9 @@ def install_logging_hook(handler: PostHogHandler) -> Restore:
                 and head is not None
                 and head[2] < fits
                 and head[0] is not record
+                and head[3] == ident()
             ):
-                trail.set((record, head, head[2] + 1))
+                trail.set((record, head, head[2] + 1, head[3]))
             else:
                 try:
                     handler.handle(record)

@@ -24,6 +24,15 @@ is dropped whole, by this context) and a new segment starts: no copying, ever. S
 context holds at most ``2 * MAX_STEPS`` nodes. An event sends the newest ``MAX_STEPS``
 steps that fit in ``MAX_STEP_BYTES`` of JSON (posthog-js's 32,768 bytes), oldest dropped
 first, and never replaces a ``$exception_steps`` the caller set.
+
+**Per thread, too.** A trail belongs to the thread that wrote it: the newest node holds
+that thread's ident, and a trail read on another thread is empty there. From Python 3.14,
+with ``sys.flags.thread_inherit_context``, a new thread starts with a copy of its
+starter's context, trail included: without this, one unit of work's steps would show on
+every failure of a thread it started (an executor's workers, for good). The IDs and bound
+properties do follow the thread; the steps start empty, as they do on every other Python
+and without the flag. :func:`adopt` (``carry_context()``) is the one way to take a trail
+to another thread.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ import contextvars
 import datetime
 import json
 import logging
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -45,6 +55,7 @@ __all__ = [
     "MAX_STEP_BYTES",
     "add_record",
     "add_step",
+    "adopt",
     "current",
     "end_trail",
     "nodes",
@@ -66,9 +77,11 @@ _RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None
 _PLAIN = (str, int, float, bool)
 
 
-# A node: (item, the next older node of its segment or None, its depth in the segment).
-# Plain tuples: a node is made for every step, on the caller's thread.
-Node = tuple[Any, Any, int]
+# A node: (item, the next older node of its segment or None, its depth in the segment,
+# the ident of the thread that made it). Plain tuples: a node is made for every step, on
+# the caller's thread. Only the head's thread counts (see "Per thread" above); a node of
+# the same thread reuses the head's ident object, so a step allocates no int.
+Node = tuple[Any, Any, int, int]
 # What a snapshot carries: (newest segment's head, older segment's head or None).
 Trail = tuple[Node, "Node | None"]
 
@@ -81,20 +94,23 @@ HEAD = _HEAD
 _OLDER: contextvars.ContextVar[Node | None] = contextvars.ContextVar(
     "posthog_errors_older_steps", default=None
 )
+_ident = threading.get_ident
 
 
 def add_record(record: logging.LogRecord) -> None:
     """Add a log record to the current context's trail (the logging doors' hot path)."""
     head = _HEAD.get()
-    if head is None:
-        _HEAD.set((record, None, 1))
-    elif head[0] is record:
+    if head is not None and head[0] is record:
         return  # install()'s hook and an explicit PostHogHandler both saw it
-    elif head[2] < MAX_STEPS:
-        _HEAD.set((record, head, head[2] + 1))
-    else:
-        _OLDER.set(head)
-        _HEAD.set((record, None, 1))
+    _push(record, head)
+
+
+def adopt() -> None:
+    """Make the current context's trail this thread's (``carry_context()``, which runs a
+    function in a copy of its caller's context, steps included, on purpose)."""
+    head = _HEAD.get()
+    if head is not None and head[3] != _ident():
+        _HEAD.set((head[0], head[1], head[2], _ident()))
 
 
 def add_step(message: object, **properties: Any) -> None:
@@ -129,21 +145,27 @@ def _step(message: object, properties: dict[str, Any]) -> dict[str, Any]:
     return {**properties, "$message": text[:MAX_MESSAGE_LENGTH], "$timestamp": time.time()}
 
 
-def _push(item: Any) -> None:
-    head = _HEAD.get()
+def _push(item: Any, head: Node | None = None) -> None:
     if head is None:
-        _HEAD.set((item, None, 1))
+        head = _HEAD.get()
+    if head is None:
+        _HEAD.set((item, None, 1, _ident()))
+    elif head[3] != _ident():
+        # Another thread's trail, inherited with the context: this thread starts its own.
+        _OLDER.set(None)
+        _HEAD.set((item, None, 1, _ident()))
     elif head[2] < MAX_STEPS:
-        _HEAD.set((item, head, head[2] + 1))
+        _HEAD.set((item, head, head[2] + 1, head[3]))
     else:
         _OLDER.set(head)
-        _HEAD.set((item, None, 1))
+        _HEAD.set((item, None, 1, head[3]))
 
 
 def current() -> Trail | None:
-    """The current context's trail, for a snapshot to carry (None: no steps)."""
+    """The current context's trail, for a snapshot to carry (None: no steps, or only
+    another thread's)."""
     head = _HEAD.get()
-    return None if head is None else (head, _OLDER.get())
+    return None if head is None or head[3] != _ident() else (head, _OLDER.get())
 
 
 def start_trail() -> tuple[contextvars.Token[Node | None], contextvars.Token[Node | None]]:
