@@ -468,7 +468,9 @@ def _logging_event_level() -> int | None:
         return min(int(handler.level) for handler in handlers)
     if any(name in attributes for name in _EVENT_HANDLER_ATTRIBUTES):
         return None  # the handler's slot is there, empty: event_level=None
-    raise LookupError(f"no event handler slot on sentry-sdk {sentry_sdk.VERSION}'s logging")
+    from sentry_sdk.consts import VERSION
+
+    raise LookupError(f"no event handler slot on sentry-sdk {VERSION}'s logging integration")
 
 
 # -- helpers ------------------------------------------------------------------------------
