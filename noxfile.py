@@ -138,7 +138,7 @@ def _modes(version: str) -> tuple[str, str | None]:
     if unknown:
         raise SystemExit(f"TEST_CAPTURE_MODES: unknown {unknown}, the modes are {CAPTURE_MODES}")
     minor = int(version.split(".")[1])
-    primary, secondary = ("v0", "v1") if minor % 2 == 0 else ("v1", "v0")
+    primary, secondary = ("v1", "v0") if minor % 2 == 0 else ("v0", "v1")
     if len(wanted) == 1:
         return wanted[0], None
     return primary, secondary
@@ -147,7 +147,10 @@ def _modes(version: str) -> tuple[str, str | None]:
 def _pytest_runs(version: str, posargs: list[str]) -> list[tuple[str, list[str]]]:
     """Each pytest run of a session: (capture mode, pytest arguments)."""
     full_both = sorted(os.environ.get("TEST_CAPTURE_MODES", "").replace(",", " ").split())
-    workers = ["-n", PYTEST_WORKERS] if PYTEST_WORKERS not in ("", "0") else []
+    # loadgroup: a module whose tests share one expensive fixture keeps them on one worker.
+    workers = (
+        ["-n", PYTEST_WORKERS, "--dist", "loadgroup"] if PYTEST_WORKERS not in ("", "0") else []
+    )
     if full_both == list(CAPTURE_MODES):
         return [(mode, [*workers, *posargs]) for mode in CAPTURE_MODES]
     primary, secondary = _modes(version)
@@ -162,6 +165,9 @@ def _pins(version: str) -> str:
 
 
 REQUIRE_ALL = os.environ.get("CI_REQUIRE_ALL_PYTHONS", "") not in ("", "0")
+# The Python `make test` has just run the suite on, with the lock and the same modes
+# (`make test-all` sets it): its session would repeat that run, and says so instead.
+COVERED = os.environ.get("MATRIX_COVERED", "").strip()
 FOUND = {version: find_python(version) for version in PYTHONS}
 for _version in DEBIAN_PYTHONS:
     if FOUND[_version][0] is None and _debian_usable():
@@ -248,6 +254,8 @@ def _make_session(version: str) -> None:
             )
         if interpreter is None:
             session.skip(f"Python {version} not found: {origin}")
+        if version == COVERED and _pins(version) == LOCK and _modes(version)[0] == "v0":
+            session.skip(f"Python {version}: make test ran the suite here with the same pins")
         session.log(f"{described}: {interpreter} ({origin})")
         if debian:
             _debian_session(session, version)

@@ -851,6 +851,11 @@ class Runs:
         self._servers.close()
 
 
+# Every example starts at once in the module's fixture: under pytest-xdist the module's tests
+# stay on one worker (`--dist loadgroup`), or each worker would start all of them.
+pytestmark = pytest.mark.xdist_group("sentry_docs")
+
+
 @pytest.fixture(scope="module")
 def runs(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
