@@ -422,8 +422,9 @@ def test_instrument_is_idempotent_and_undone(redis_url: str) -> None:  # noqa: F
     worker_class = integration._WORKER_CLASS
     originals = (
         Job.__dict__["create"],
-        worker_class.__dict__["perform_job"],
-        worker_class.__dict__["handle_exception"],
+        # Inherited before rq 2.7 (Worker's handle_exception is BaseWorker's).
+        worker_class.perform_job,
+        worker_class.handle_exception,
     )
     rq_logger = logging.getLogger("rq.worker")
     connection = Redis.from_url(redis_url)
@@ -433,7 +434,8 @@ def test_instrument_is_idempotent_and_undone(redis_url: str) -> None:  # noqa: F
     try:
         patched = Job.__dict__["create"]
         assert patched is not originals[0]
-        assert worker_class.__dict__["perform_job"] is not originals[1]
+        assert worker_class.perform_job is not originals[1]
+        assert worker_class.handle_exception is not originals[2]
         assert rq_logger.filters.count(integration._FILTER) == 1
         with posthog_errors.bind("user-7", properties={"plan": "pro", "when": object()}):
             carried = Job.create(print, connection=connection)
@@ -451,8 +453,8 @@ def test_instrument_is_idempotent_and_undone(redis_url: str) -> None:  # noqa: F
     assert "posthog_errors" not in bare.meta  # nothing bound: nothing stored
     assert (
         Job.__dict__["create"],
-        worker_class.__dict__["perform_job"],
-        worker_class.__dict__["handle_exception"],
+        worker_class.perform_job,
+        worker_class.handle_exception,
     ) == originals
     assert integration._FILTER not in rq_logger.filters
 
