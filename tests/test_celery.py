@@ -13,6 +13,7 @@ after the worker exited, so that "no event" means none was ever sent.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import re
@@ -27,6 +28,11 @@ import pytest
 
 from posthog_errors.capture_server import CaptureServer
 from tests.redis_server import redis_url  # noqa: F401
+
+# Celery before 5.7 hands a task killed by its hard time limit to no task failure path the
+# integration sees: only Celery's own error records report it (docs/celery.md says so).
+_CELERY_VERSION = tuple(int(part) for part in importlib.metadata.version("celery").split(".")[:2])
+HARD_LIMIT_IS_A_TASK_EVENT = _CELERY_VERSION >= (5, 7)
 
 pytest.importorskip("celery")  # a dev dependency; without it the suite says so
 
@@ -290,24 +296,33 @@ def test_prefork_pool_reports_each_final_failure_once_to_the_enqueuer(
     received = capture_server.exception_events()
     # Besides the tasks' own events, only the error records the worker's main process
     # logs about the hard time limit ("Hard time limit (0.5s) exceeded", and at times
-    # "Process 'ForkPoolWorker-1' ... exited with 'signal 9 (SIGKILL)'"), which
+    # "Process 'ForkPoolWorker-1' ... exited with 'signal 9 (SIGKILL)'"; before Celery 5.7
+    # also the TimeLimitExceeded traceback), which
     # install()'s logging hook reports as messages, as it does any error record.
     logged = [e for e in received if "celery_task_id" not in e["properties"]]
     messages = [e["properties"]["$exception_list"][0]["value"] for e in logged]
     assert all(e["properties"]["$exception_source"] == "python.logging" for e in logged)
     assert any(m.startswith("Hard time limit (0.5s) exceeded") for m in messages), messages
-    assert all(m.startswith("Hard time limit") or "signal 9" in m for m in messages), messages
+    # Celery before 5.7 also logs the time limit's traceback as an error record of its own.
+    assert all(
+        m.startswith("Hard time limit") or "signal 9" in m or "TimeLimitExceeded" in m
+        for m in messages
+    ), messages
+    if not HARD_LIMIT_IS_A_TASK_EVENT:
+        assert any("TimeLimitExceeded" in m for m in messages), messages
     events = by_task_id([e for e in received if e not in logged])
     # None for the task that succeeded on retry, nor for Ignore / Reject, and no second
     # event from Celery's own "Task ... raised unexpected" record of the same exception.
-    failed = ["fails", "flaky", "manual", "cleans_up", "child", "stuck"]
+    failed = ["fails", "flaky", "manual", "cleans_up", "child"]
+    failed += ["stuck"] if HARD_LIMIT_IS_A_TASK_EVENT else []
     assert set(events) == {ids[name] for name in failed}, f"{events!r}\n{worker.log()}"
 
-    # A hard time limit: reported by the worker's main process, which sent it on warm
-    # shutdown, with the person (Celery hands over the request the second time).
-    stuck = events[ids["stuck"]]
-    assert_task_event(stuck, ids["stuck"], retries=0)
-    assert stuck["properties"]["$exception_list"][0]["type"] == "TimeLimitExceeded"
+    if HARD_LIMIT_IS_A_TASK_EVENT:
+        # A hard time limit: reported by the worker's main process, which sent it on warm
+        # shutdown, with the person (Celery hands over the request the second time).
+        stuck = events[ids["stuck"]]
+        assert_task_event(stuck, ids["stuck"], retries=0)
+        assert stuck["properties"]["$exception_list"][0]["type"] == "TimeLimitExceeded"
 
     web = events[ids["fails"]]
     assert_task_event(web, ids["fails"], retries=0)
