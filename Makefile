@@ -80,15 +80,18 @@ $(STAMP): pyproject.toml $(PINS)
 	echo '$(PYTHON_ID)' > $@
 
 # The locks (requirements/): lock.txt for every supported Python at once (uv's universal
-# resolution), lowest.txt the oldest claimed releases (requirements/lowest.in) on 3.10.
+# resolution), lowest.txt the oldest claimed releases (requirements/lowest.in) on 3.10; both
+# leave out the releases in requirements/known-bad.in.
 # `make lock` keeps every pin that still fits pyproject.toml; `make lock-upgrade` moves all of
 # them to the newest releases. Review the diff, run `make test` (and `make test-all`), commit.
-UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --extra dev --quiet --no-header \
+UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --extra dev --quiet \
 	--custom-compile-command "make lock"
 
 lock: $(STAMP)
-	$(UV_COMPILE) --universal --python-version 3.10 -o requirements/lock.txt $(UV_FLAGS)
-	$(UV_COMPILE) --python-version 3.10 -c requirements/lowest.in -o requirements/lowest.txt
+	$(UV_COMPILE) --universal --python-version 3.10 -c requirements/known-bad.in \
+		-o requirements/lock.txt $(UV_FLAGS)
+	$(UV_COMPILE) --python-version 3.10 -c requirements/known-bad.in -c requirements/lowest.in \
+		-o requirements/lowest.txt
 
 lock-upgrade:
 	$(MAKE) lock UV_FLAGS=--upgrade
