@@ -61,6 +61,7 @@ __all__ = [
     "nodes",
     "render",
     "start_trail",
+    "take_over",
 ]
 
 MAX_STEPS = 100
@@ -111,6 +112,19 @@ def adopt() -> None:
     head = _HEAD.get()
     if head is not None and head[3] != _ident():
         _HEAD.set((head[0], head[1], head[2], _ident()))
+
+
+def take_over(trail: Trail | None) -> None:
+    """Make ``trail`` this context's, owned by this thread: a unit of work that ran part of
+    its code on another thread (a sync endpoint in a thread pool) continues from the trail
+    that thread left."""
+    if trail is None:
+        _HEAD.set(None)
+        _OLDER.set(None)
+        return
+    head = trail[0]
+    _HEAD.set((head[0], head[1], head[2], _ident()))
+    _OLDER.set(trail[1])
 
 
 def add_step(message: object, **properties: Any) -> None:
