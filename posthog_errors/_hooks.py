@@ -300,6 +300,7 @@ def install_logging_hook(handler: PostHogHandler) -> Restore:
     # handler.handle().
     routes, ignored, step_route = handler._routes, handler._ignored_cache, STEP_ROUTE
     trail, fits, ident = _steps.HEAD, _steps.MAX_STEPS, threading.get_ident
+    freeze = _steps.freeze_record  # the step, made now: never the record itself
 
     def posthog_errors_call_handlers(self: logging.Logger, record: logging.LogRecord) -> None:
         levelno = record.levelno
@@ -311,10 +312,9 @@ def install_logging_hook(handler: PostHogHandler) -> Restore:
                 and not handler.filters
                 and head is not None
                 and head[2] < fits
-                and head[0] is not record
                 and head[3] == ident()
             ):
-                trail.set((record, head, head[2] + 1, head[3]))
+                trail.set((freeze(record), head, head[2] + 1, head[3]))
             else:
                 try:
                     handler.handle(record)

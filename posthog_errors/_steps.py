@@ -12,13 +12,23 @@ task created inside a request copies the request's context, so it starts from th
 request's steps and its own additions stay its own; the request never sees them. The
 middlewares start each request with an empty trail (:func:`start_trail`).
 
-**Cheap on the caller's thread.** A step from logging keeps the :class:`logging.LogRecord`
-itself: no formatting, no copying, one small object and one ``ContextVar.set`` (the cost
-is in docs/performance.md). Everything else happens on the worker, when an event takes
-the trail: messages formatted and cut, the record's plain extras kept, all of it redacted
-with the event's properties.
+**Fixed when logged, on the caller's thread.** A step is a tuple of small immutable values
+made when the record is logged (:func:`freeze_record`), never the record itself: no
+``exc_info``, traceback, frame or argument object outlives the call. Its message reads as
+it did then, and the app's own code (an argument's ``__str__``/``__repr__``, a proxy such as
+werkzeug's ``LocalProxy``) runs on the app's thread, in its context, or not at all. The
+common case costs a few type checks: a ``str`` template whose arguments are all short
+``str``, ``int``, ``float``, ``bool`` or ``None`` keeps the template and that tuple of
+arguments (immutable: formatting them later reads as formatting them now), formatted by
+the worker when an event sends the step. Anything else is formatted at once, with big
+``str``/``bytes``/container arguments cut first (``_bounded``). A record with an exception
+keeps its type name and message. The record's plain extras are copied, bounded. Then the
+worker only renders and redacts, for the steps an event sends.
 
-**Bounded.** A trail is two segments of at most ``MAX_STEPS`` nodes: the newest one, and
+**Bounded.** A step holds at most ``MAX_MESSAGE_LENGTH`` characters of template (or
+formatted message), ``MAX_ARGUMENTS`` arguments of at most ``MAX_ARGUMENT_LENGTH``
+characters, and ``MAX_EXTRA_TEXT`` characters of extras and exception text, whatever the
+record referenced. A trail is two segments of at most ``MAX_STEPS`` nodes: the newest one, and
 the full one before it. When the newest is full it becomes the older one (the one before
 is dropped whole, by this context) and a new segment starts: no copying, ever. So a
 context holds at most ``2 * MAX_STEPS`` nodes. An event sends the newest ``MAX_STEPS``
@@ -47,17 +57,26 @@ from collections.abc import Mapping
 from typing import Any
 
 from posthog_errors import _guard
+from posthog_errors._bounded import CUT_MARK, bounded_arguments, bounded_repr, cut
 from posthog_errors._levels import posthog_level
+from posthog_errors._snapshot import exception_message, exception_type_name
 
 __all__ = [
     "HEAD",
+    "MAX_ARGUMENTS",
+    "MAX_ARGUMENT_LENGTH",
+    "MAX_EXTRA_TEXT",
+    "MAX_MESSAGE_LENGTH",
     "MAX_STEPS",
     "MAX_STEP_BYTES",
+    "Step",
     "add_record",
     "add_step",
     "adopt",
     "current",
     "end_trail",
+    "freeze_record",
+    "holds_record",
     "nodes",
     "render",
     "start_trail",
@@ -66,7 +85,21 @@ __all__ = [
 
 MAX_STEPS = 100
 MAX_STEP_BYTES = 32_768
-MAX_MESSAGE_LENGTH = 1_024  # characters of one step's message
+MAX_MESSAGE_LENGTH = 1_024  # characters of one step's template or message
+MAX_ARGUMENTS = 4  # arguments kept unformatted (more: formatted at once)
+MAX_ARGUMENT_LENGTH = 256  # characters of a str argument kept unformatted
+MAX_EXTRA_TEXT = 1_024  # characters of a step's extras (keys and values) and exception
+_MAX_EXTRA_VALUE = 256  # characters of one extra value
+_MAX_EXTRAS = 16
+_MAX_NAME = 200  # characters of a logger name
+_MAX_INT = 1 << 63  # a bigger int argument is formatted at once
+
+# A step: (key, created, levelno or None, logger name or None, template, arguments or
+# None, extras or None, exception or None). ``key`` is the record's id() (0 for add_step()
+# and structlog steps), so that install()'s hook and an explicit PostHogHandler add a
+# record once; ``arguments`` a tuple of small immutables formatted by the worker;
+# ``extras`` a tuple of (key, plain value) pairs; ``exception`` (type name, message).
+Step = tuple[int, float, "int | None", "str | None", str, "tuple[Any, ...] | None", Any, Any]
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
@@ -75,10 +108,14 @@ _RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None
     "taskName",
     "_posthog_errors_sent",
 }
+# How many attributes a record made by logging has (taskName included where Python has
+# it): a record with more has extras, or was formatted already.
+_PLAIN_RECORD_SIZE = len(vars(logging.LogRecord("", 0, "", 0, "", (), None)))
 _PLAIN = (str, int, float, bool)
+_LogRecord = logging.LogRecord
 
 
-# A node: (item, the next older node of its segment or None, its depth in the segment,
+# A node: (step, the next older node of its segment or None, its depth in the segment,
 # the ident of the thread that made it). Plain tuples: a node is made for every step, on
 # the caller's thread. Only the head's thread counts (see "Per thread" above); a node of
 # the same thread reuses the head's ident object, so a step allocates no int.
@@ -98,12 +135,142 @@ _OLDER: contextvars.ContextVar[Node | None] = contextvars.ContextVar(
 _ident = threading.get_ident
 
 
+def freeze_record(record: logging.LogRecord) -> Step:
+    """The step a log record becomes, made now, on the logging thread (the hot path of
+    install()'s hook and of PostHogHandler: keep it to a few type checks)."""
+    msg = record.msg
+    args = record.args
+    if (
+        type(msg) is str
+        and len(msg) <= MAX_MESSAGE_LENGTH
+        and type(record) is _LogRecord
+        and record.exc_info is None
+        and len(record.__dict__) == _PLAIN_RECORD_SIZE
+    ):
+        if not args:
+            return (id(record), record.created, record.levelno, record.name, msg, None, None, None)
+        if type(args) is tuple and len(args) <= MAX_ARGUMENTS:
+            arg: Any
+            for arg in args:
+                kind = type(arg)
+                if kind is str:
+                    if len(arg) > MAX_ARGUMENT_LENGTH:
+                        break
+                elif kind is int:
+                    if not -_MAX_INT < arg < _MAX_INT:
+                        break
+                elif kind is not float and kind is not bool and arg is not None:
+                    break
+            else:
+                return (
+                    id(record),
+                    record.created,
+                    record.levelno,
+                    record.name,
+                    msg,
+                    args,
+                    None,
+                    None,
+                )
+    return _freeze_slowly(record)
+
+
+def _freeze_slowly(record: logging.LogRecord) -> Step:
+    """Everything but the common case: the message formatted now, bounded; extras and the
+    exception copied. Never raises (an exit exception from the app's ``__str__`` passes)."""
+    try:
+        message = _message_now(record)
+        extras, exception = _extras_and_exception(record)
+        name = record.name
+        name = cut(name, _MAX_NAME) if isinstance(name, str) else "<unnamed>"
+        created = record.created
+        if type(created) is not float:
+            created = float(created) if isinstance(created, (int, float)) else time.time()
+        return (id(record), created, _levelno(record), name, message, None, extras, exception)
+    except Exception as error:
+        _guard.internal_error(error)
+        return (id(record), time.time(), None, None, "<unprintable step>", None, None, None)
+
+
+def _levelno(record: logging.LogRecord) -> int | None:
+    levelno = record.levelno
+    return levelno if type(levelno) is int else None
+
+
+def _message_now(record: logging.LogRecord) -> str:
+    """The record's message as ``getMessage()`` makes it, at a cost that does not grow with
+    its arguments (big ``str``/``bytes``/containers are cut first), cut."""
+    msg, args = record.msg, record.args
+    try:
+        if type(record).getMessage is not _LogRecord.getMessage:
+            return cut(record.getMessage(), MAX_MESSAGE_LENGTH)  # the app's own way
+        template = msg if type(msg) is str else str(msg)
+        if len(template) > MAX_MESSAGE_LENGTH and not args:
+            return cut(template, MAX_MESSAGE_LENGTH)
+        if not args:
+            return template
+        bounded = bounded_arguments(args, MAX_MESSAGE_LENGTH)
+        text: str = template % (args if bounded is None else bounded)
+        return cut(text, MAX_MESSAGE_LENGTH)
+    except Exception:
+        # Unprintable, or arguments that do not fit the template: what logging would show.
+        try:
+            text = msg if type(msg) is str else bounded_repr(msg, MAX_MESSAGE_LENGTH)
+            return cut(
+                f"{cut(text, MAX_MESSAGE_LENGTH)} (arguments: "
+                f"{bounded_repr(args, MAX_MESSAGE_LENGTH)})",
+                MAX_MESSAGE_LENGTH,
+            )
+        except Exception:
+            return "<unprintable message>"
+
+
+def _extras_and_exception(record: logging.LogRecord) -> tuple[Any, Any]:
+    exception = None
+    budget = MAX_EXTRA_TEXT
+    exc_info = record.exc_info
+    if exc_info:
+        exc = exc_info[1] if isinstance(exc_info, tuple) and len(exc_info) == 3 else None
+        if isinstance(exc, BaseException):
+            type_name = cut(exception_type_name(exc), 200)
+            text = cut(exception_message(exc), _MAX_EXTRA_VALUE)
+            exception = (type_name, text)
+            budget -= len(type_name) + len(text)
+    extras: list[tuple[str, Any]] = []
+    if len(record.__dict__) != _PLAIN_RECORD_SIZE:
+        for key, value in list(record.__dict__.items()):
+            if (
+                key in _RECORD_ATTRIBUTES
+                or type(key) is not str
+                or key.startswith("_")
+                or not isinstance(value, _PLAIN)
+            ):
+                continue
+            if len(extras) >= _MAX_EXTRAS or budget <= 0:
+                break
+            key = cut(key, 64)
+            if type(value) is str or isinstance(value, str):
+                value = cut(value, min(_MAX_EXTRA_VALUE, max(budget, len(CUT_MARK) + 1)))
+                budget -= len(value)
+            elif type(value) is int and not -_MAX_INT < value < _MAX_INT:
+                value = bounded_repr(value, 64)
+            elif type(value) not in _PLAIN:
+                value = (
+                    float.__float__(value)
+                    if isinstance(value, float)
+                    else (bool(value) if isinstance(value, bool) else int.__int__(value))
+                )
+            budget -= len(key) + 8
+            extras.append((key, value))
+    return (tuple(extras) if extras else None), exception
+
+
 def add_record(record: logging.LogRecord) -> None:
-    """Add a log record to the current context's trail (the logging doors' hot path)."""
-    head = _HEAD.get()
-    if head is not None and head[0] is record:
+    """Add a log record to the current context's trail (an explicit PostHogHandler's path;
+    install()'s hook adds steps inline)."""
+    if holds_record(record):
         return  # install()'s hook and an explicit PostHogHandler both saw it
-    _push(record, head)
+    _push(freeze_record(record))
 
 
 def adopt() -> None:
@@ -114,24 +281,12 @@ def adopt() -> None:
         _HEAD.set((head[0], head[1], head[2], _ident()))
 
 
-def take_over(trail: Trail | None) -> None:
-    """Make ``trail`` this context's, owned by this thread: a unit of work that ran part of
-    its code on another thread (a sync endpoint in a thread pool) continues from the trail
-    that thread left."""
-    if trail is None:
-        _HEAD.set(None)
-        _OLDER.set(None)
-        return
-    head = trail[0]
-    _HEAD.set((head[0], head[1], head[2], _ident()))
-    _OLDER.set(trail[1])
-
-
 def add_step(message: object, **properties: Any) -> None:
     """Add a step to the current context's trail: ``message`` and any properties, shown on
     the timeline of the next ``$exception`` captured in this context (a request, a task,
-    a thread). Properties are redacted like every other property when an event sends
-    them. Never raises."""
+    a thread). The message and properties are read now (bounded: plain values kept, other
+    objects by their bounded repr); they are redacted like every other property when an
+    event sends them. Never raises."""
     try:
         _push(_step(message, properties))
     except Exception as error:
@@ -143,7 +298,10 @@ def add_event_dict(event_dict: Mapping[str, Any], level: str, logger_name: str) 
     properties = {
         key: value
         for key, value in event_dict.items()
-        if key != "event" and not key.startswith("_") and isinstance(value, _PLAIN)
+        if type(key) is str
+        and key != "event"
+        and not key.startswith("_")
+        and isinstance(value, _PLAIN)
     }
     properties["level"] = level
     properties["logger"] = logger_name
@@ -151,15 +309,84 @@ def add_event_dict(event_dict: Mapping[str, Any], level: str, logger_name: str) 
     _push(_step("" if message is None else message, properties))
 
 
-def _step(message: object, properties: dict[str, Any]) -> dict[str, Any]:
-    try:
-        text = message if isinstance(message, str) else str(message)
-    except Exception:
-        text = f"<unprintable {type(message).__name__}>"
-    return {**properties, "$message": text[:MAX_MESSAGE_LENGTH], "$timestamp": time.time()}
+def _step(message: object, properties: dict[str, Any]) -> Step:
+    if type(message) is str:
+        text = message
+    else:
+        try:
+            text = str(message)
+        except Exception:
+            text = f"<unprintable {type(message).__name__}>"
+    extras: list[tuple[str, Any]] = []
+    budget = MAX_EXTRA_TEXT
+    for key, value in properties.items():
+        if len(extras) >= _MAX_EXTRAS or budget <= 0:
+            break
+        key = cut(key, 64)
+        cls = type(value)
+        if (
+            value is None
+            or cls is bool
+            or cls is float
+            or (cls is int and -_MAX_INT < value < _MAX_INT)
+        ):
+            pass
+        else:
+            limit = min(_MAX_EXTRA_VALUE, max(budget, len(CUT_MARK) + 1))
+            value = cut(value, limit) if isinstance(value, str) else bounded_repr(value, limit)
+            budget -= len(value)
+        budget -= len(key) + 8
+        extras.append((key, value))
+    return (
+        0,
+        time.time(),
+        None,
+        None,
+        cut(text, MAX_MESSAGE_LENGTH),
+        None,
+        tuple(extras) if extras else None,
+        None,
+    )
 
 
-def _push(item: Any, head: Node | None = None) -> None:
+def holds_record(record: logging.LogRecord) -> bool:
+    """Whether the newest step of this context's trail was made from ``record`` (install()'s
+    hook and another door, an explicit handler or loguru's forwarding, saw the same record).
+    """
+    head = _HEAD.get()
+    return (
+        head is not None
+        and head[0][0] == id(record)
+        and head[0][1] == record.created
+        and head[3] == _ident()
+    )
+
+
+def take_over(trail: Trail | None) -> None:
+    """Make ``trail`` this context's, on this thread: the trail a function run in another
+    thread ended with, which continued this context's (``_units``). None leaves the trail
+    as it is."""
+    if trail is None:
+        return
+    head, older = trail
+    _HEAD.set((head[0], head[1], head[2], _ident()))
+    _OLDER.set(older)
+
+
+def _from_dict(step: Mapping[str, Any]) -> Step:
+    """A step the integrations made as a dict (``$message``, ``$timestamp`` and plain
+    properties: a retried task's earlier attempt), frozen like add_step()'s."""
+    properties = {k: v for k, v in step.items() if k not in ("$message", "$timestamp")}
+    frozen = _step(step.get("$message", ""), properties)
+    stamp = step.get("$timestamp")
+    if isinstance(stamp, (int, float)) and not isinstance(stamp, bool):
+        return (0, float(stamp), *frozen[2:])
+    return frozen
+
+
+def _push(item: Step | Mapping[str, Any], head: Node | None = None) -> None:
+    if not isinstance(item, tuple):
+        item = _from_dict(item)
     if head is None:
         head = _HEAD.get()
     if head is None:
@@ -200,7 +427,7 @@ def end_trail(
 
 
 def nodes(trail: Trail | None) -> list[Any]:
-    """The items of a trail, newest first (for tests and the benchmark)."""
+    """The steps of a trail, newest first (for tests and the benchmark)."""
     items: list[Any] = []
     for node in () if trail is None else trail:
         while node is not None:
@@ -211,7 +438,7 @@ def nodes(trail: Trail | None) -> list[Any]:
 
 def render(trail: Trail | None, max_bytes: int = MAX_STEP_BYTES) -> list[dict[str, Any]]:
     """The steps of a trail as PostHog takes them, oldest first: the newest ``MAX_STEPS``
-    that fit in ``max_bytes`` of JSON. Runs on the worker."""
+    that fit in ``max_bytes`` of JSON. Runs on the worker, on plain values only."""
     steps: list[dict[str, Any]] = []
     used = 2  # the list's brackets
     for node in () if trail is None else trail:
@@ -230,37 +457,25 @@ def render(trail: Trail | None, max_bytes: int = MAX_STEP_BYTES) -> list[dict[st
     return steps
 
 
-def _as_step(item: Any) -> dict[str, Any] | None:
-    if isinstance(item, logging.LogRecord):
-        return _record_step(item)
-    if isinstance(item, dict):
-        step = dict(item)
-        stamp = step.get("$timestamp")
-        if isinstance(stamp, float):
-            step["$timestamp"] = _iso(stamp)
-        return step if step.get("$message") else None
-    return None
-
-
-def _record_step(record: logging.LogRecord) -> dict[str, Any] | None:
-    try:
-        message = record.getMessage()
-    except Exception:
+def _as_step(item: Step) -> dict[str, Any] | None:
+    _key, created, levelno, name, template, args, extras, exception = item
+    message = template
+    if args is not None:
         try:
-            message = str(record.msg)
+            message = template % args  # small immutables only: no app code runs here
         except Exception:
-            return None
+            message = template
+        message = cut(message, MAX_MESSAGE_LENGTH)
     if not message:
         return None
-    step: dict[str, Any] = {
-        key: value
-        for key, value in vars(record).items()
-        if key not in _RECORD_ATTRIBUTES and not key.startswith("_") and isinstance(value, _PLAIN)
-    }
-    step["$message"] = message[:MAX_MESSAGE_LENGTH]
-    step["$timestamp"] = _iso(record.created)
-    step["level"] = posthog_level(record.levelno)
-    step["logger"] = record.name
+    step: dict[str, Any] = dict(extras) if extras else {}
+    if exception is not None:
+        step["exception_type"], step["exception_message"] = exception
+    step["$message"] = message
+    step["$timestamp"] = _iso(created)
+    if levelno is not None:
+        step["level"] = posthog_level(levelno)
+        step["logger"] = name
     return step
 
 

@@ -308,8 +308,7 @@ class PostHogSink:
         forwarded: logging.LogRecord | None,
     ) -> None:
         if forwarded is not None:
-            head = _steps.HEAD.get()
-            if head is not None and head[0] is forwarded:
+            if _steps.holds_record(forwarded):
                 return  # install()'s logging hook kept the stdlib record already
         properties = {
             key: value
