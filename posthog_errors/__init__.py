@@ -20,6 +20,7 @@ from posthog_errors._context import (
 from posthog_errors._install import Installation, install
 from posthog_errors._payload import exception_properties
 from posthog_errors._steps import add_step
+from posthog_errors._units import job
 from posthog_errors.handler import PostHogHandler
 
 __version__ = "0.1.0"
@@ -41,6 +42,7 @@ __all__ = [
     "get_distinct_id",
     "get_session_id",
     "install",
+    "job",
     "reset",
     "set_distinct_id",
     "set_session_id",

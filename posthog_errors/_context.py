@@ -31,6 +31,7 @@ __all__ = [
     "Binding",
     "bind",
     "carry_context",
+    "current_binding",
     "get_distinct_id",
     "get_session_id",
     "remember_binding",
@@ -38,6 +39,7 @@ __all__ = [
     "resolve",
     "set_distinct_id",
     "set_session_id",
+    "use_binding",
 ]
 
 SENTRY_ID_TAG = "posthog_distinct_id"
@@ -131,6 +133,17 @@ class bind:
         # A decorated function may run in many threads at once: each call needs its own
         # token stack.
         return bind(self._distinct_id, session_id=self._session_id, properties=self._properties)
+
+
+def current_binding() -> Binding:
+    """What ``bind()`` and ``set_distinct_id()`` hold here (immutable: safe to hand to
+    another thread, as an executor job takes its submitter's)."""
+    return _binding.get()
+
+
+def use_binding(binding: Binding) -> contextvars.Token[Binding]:
+    """Make ``binding`` current (a job runs with its submitter's); ``reset(token)``."""
+    return _binding.set(binding)
 
 
 def remember_binding(exc: BaseException, binding: Binding) -> None:

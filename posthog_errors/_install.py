@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
-from posthog_errors import _extensions, _guard, _hooks, _rate_limit, _reporter
+from posthog_errors import _extensions, _guard, _hooks, _rate_limit, _reporter, _units
 from posthog_errors._client import warm_up_posthog
 from posthog_errors._delivery import worker
 from posthog_errors._reporter import BeforeSend, Reporter
@@ -190,6 +190,8 @@ def install(
             restores.append(_hooks.install_process_hook(reporter, capture_exits=capture_exits))
             if capture_exits:
                 restores.append(_hooks.install_exit_hook(reporter))
+        # Each job submitted to a ThreadPoolExecutor: a unit of work, its submitter's person.
+        restores.append(_units.install_executor_hook())
         if unraisable:
             restores.append(_hooks.install_unraisablehook(reporter))
         if asyncio:

@@ -280,6 +280,55 @@ def test_fastapi_add_middleware_and_the_innermost_binding_wins(
     assert event["properties"]["$current_url"] == "http://testserver/items/42"
 
 
+def test_fastapi_def_endpoint_steps_reach_the_middlewares_event(
+    capture_server: CaptureServer, reporter: Reporter
+) -> None:
+    """A ``def`` endpoint runs in anyio's thread pool, in a copy of the request's context:
+    what it logs still reaches the middleware's event, as it does for ``async def``, and
+    never the next request served by the same pool thread."""
+    log = logging.getLogger("tests.fastapi_steps")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    handler = PostHogHandler(reporter=reporter)
+    log.addHandler(handler)
+    app = FastAPI()
+
+    @app.get("/sync/{customer}")
+    def export_sync(customer: str) -> dict[str, Any]:
+        log.info("exporting invoices of %s", customer)
+        posthog_errors.add_step("sync step", customer=customer)
+        raise RuntimeError(f"sync export of {customer} failed")
+
+    @app.get("/async/{customer}")
+    async def export_async(customer: str) -> dict[str, Any]:
+        log.info("exporting invoices of %s", customer)
+        posthog_errors.add_step("async step", customer=customer)
+        raise RuntimeError(f"async export of {customer} failed")
+
+    app.add_middleware(ASGIMiddleware)
+    try:
+        client = TestClient(app, raise_server_exceptions=False)
+        for path in ("/sync/acme-corp", "/sync/globex", "/async/initech"):
+            assert client.get(path, headers=BROWSER).status_code == 500
+        events = sent_events(capture_server, 3)
+    finally:
+        log.removeHandler(handler)
+    by_value = {e["properties"]["$exception_list"][0]["value"]: e for e in events}
+    for kind, customer in (("sync", "acme-corp"), ("sync", "globex"), ("async", "initech")):
+        event = by_value[f"{kind} export of {customer} failed"]
+        assert_unhandled(
+            event, "python.asgi", "RuntimeError", f"{kind} export of {customer} failed"
+        )
+        assert_person(event, "browser-user", "browser-session")
+        steps = event["properties"]["$exception_steps"]
+        assert [s["$message"] for s in steps] == [
+            f"exporting invoices of {customer}",
+            f"{kind} step",
+        ]
+        assert steps[1]["customer"] == customer
+        assert "acme-corp" not in json.dumps(steps) or customer == "acme-corp"
+
+
 # -- ASGI: concurrency -------------------------------------------------------------------
 
 

@@ -30,7 +30,7 @@ import re
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import Any
 
-from posthog_errors import _extensions, _steps
+from posthog_errors import _extensions, _units
 from posthog_errors._context import bind
 from posthog_errors._reporter import Reporter, default_reporter
 from posthog_errors._snapshot import EventSnapshot
@@ -157,13 +157,14 @@ class RequestReporter:
 @contextlib.contextmanager
 def request_scope(distinct_id: Any, session_id: Any, properties: dict[str, Any]) -> Iterator[None]:
     """One request: its IDs and details bound, and an empty trail of exception steps (a
-    server thread that served another request before must not lend it its steps)."""
-    token = _steps.start_trail()
+    server thread that served another request before must not lend it its steps). A unit
+    of work: a thread-pool run of its code (a ``def`` endpoint) adds to its trail."""
+    tokens = _units.unit_scope()
     try:
         with bind(distinct_id, session_id=session_id, properties=properties):
             yield
     finally:
-        _steps.end_trail(token)
+        _units.end_unit(tokens, None)
 
 
 def is_coroutine_function(function: Any) -> bool:

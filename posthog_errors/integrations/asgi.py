@@ -6,6 +6,7 @@ from __future__ import annotations
 import urllib.parse
 from typing import Any
 
+from posthog_errors import _units
 from posthog_errors.integrations._requests import (
     FORWARDED_FOR_HEADER,
     ROUTE,
@@ -39,6 +40,9 @@ class ASGIMiddleware:
         capture_ip: bool = False,
     ) -> None:
         self.app = app
+        # Starlette and FastAPI run ``def`` endpoints in anyio's thread pool: their steps
+        # must reach the request's event (see ``_units.follow_thread_pool``).
+        _units.follow_thread_pool()
         self._requests = RequestReporter(client, identify, "python.asgi", capture_ip)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
