@@ -363,14 +363,16 @@ def holds_record(record: logging.LogRecord) -> bool:
 
 
 def take_over(trail: Trail | None) -> None:
-    """Make ``trail`` this context's, on this thread: the trail a function run in another
-    thread ended with, which continued this context's (``_units``). None leaves the trail
-    as it is."""
+    """Make ``trail`` this context's, owned by this thread: a unit of work that ran part of
+    its code on another thread (a sync endpoint in a thread pool) continues from the trail
+    that thread left."""
     if trail is None:
+        _HEAD.set(None)
+        _OLDER.set(None)
         return
-    head, older = trail
+    head = trail[0]
     _HEAD.set((head[0], head[1], head[2], _ident()))
-    _OLDER.set(older)
+    _OLDER.set(trail[1])
 
 
 def _from_dict(step: Mapping[str, Any]) -> Step:
