@@ -69,9 +69,14 @@ def _undo(
 
 
 def _reportable(exc: object, capture_exits: bool) -> bool:
+    """Whether a hook reports ``exc``: never a successful exit (``sys.exit()``,
+    ``sys.exit(0)``, ``sys.exit(None)`` ending a thread or a process), whatever
+    ``capture_exits`` says (docs/install.md, "Exits")."""
     if not isinstance(exc, BaseException):
         return False
-    return capture_exits or not isinstance(exc, _EXITS)
+    if not isinstance(exc, _EXITS):
+        return True
+    return capture_exits and not (isinstance(exc, SystemExit) and not _failure_code(exc.code))
 
 
 def install_sys_excepthook(reporter: Reporter, *, capture_exits: bool = False) -> Restore:

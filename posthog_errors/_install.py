@@ -19,6 +19,7 @@ from typing import Any
 
 from posthog_errors import _extensions, _guard, _hooks, _rate_limit, _reporter, _units
 from posthog_errors._client import warm_up_posthog
+from posthog_errors._conform import bad_input
 from posthog_errors._delivery import worker
 from posthog_errors._reporter import BeforeSend, Reporter
 from posthog_errors.handler import PostHogHandler
@@ -200,7 +201,10 @@ def install(
             _warn_if_never_made(handler)
             restores.append(_hooks.install_logging_hook(handler))
         # The Sentry bridge, now or as sentry_sdk is imported: before Sentry's first event.
-        _extensions.load_integrations()
+        try:
+            _extensions.load_integrations()
+        except ImportError as error:
+            _unusable("sentry_sdk", error)
         # loguru's sink takes the logging options: records are its doors too.
         logging_options = {
             "levels": levels,
@@ -235,6 +239,8 @@ class _IntegrationStarter:
         try:
             module = importlib.import_module(f"posthog_errors.integrations.{self.name}")
             self._undo = module.install_integration(self.reporter, **self.settings)
+        except ImportError as error:  # not the library we know (a test's stub module)
+            _unusable(self.name, error)
         except Exception as error:  # the app goes on without this integration
             _guard.internal_error(error)
 
@@ -243,6 +249,19 @@ class _IntegrationStarter:
         undo, self._undo = self._undo, None
         if undo is not None:
             undo()
+
+
+def _unusable(library: str, error: ImportError) -> None:
+    """``sys.modules[library]`` is something the integration cannot use (a test's stub,
+    a half-imported module): not our bug and not the app's failure. The integration stays
+    off; said once, counted as ``invalid_input``; ``install()`` goes on."""
+    bad_input(
+        f"unusable {library}",
+        "sys.modules[%r] is not a %s posthog-errors can use (%s): its integration stays off",
+        library,
+        library,
+        error,
+    )
 
 
 _warned_never_made = False

@@ -425,6 +425,74 @@ def test_sys_exit_without_capture_exits_and_a_caught_exit_in_a_thread_are_not_re
     assert sources(events) == ["python.sys_exit", "python.threading_excepthook"]
 
 
+def test_capture_exits_follows_the_exit_code_rule_in_threads_and_processes(
+    capture_server: CaptureServer,
+) -> None:
+    """sys.exit(0), sys.exit() and sys.exit(None) are success wherever they end a thread
+    or a multiprocessing child: not reported. A failing code still is."""
+    result = run_script(
+        """
+        import multiprocessing, threading
+        posthog_errors.install(client, logs=False, capture_exits=True)
+        for args in [(0,), (), (None,), (4,)]:
+            t = threading.Thread(target=sys.exit, args=args, name=f"exit{args}")
+            t.start(); t.join()
+        for code in (0, 6):
+            p = multiprocessing.get_context("fork").Process(target=sys.exit, args=(code,))
+            p.start(); p.join()
+            print(p.exitcode, flush=True)
+        posthog_errors.flush(5)
+        """,
+        capture_server.url,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0", "6"]
+    events = capture_server.wait_for_events(3, timeout=3)
+    by_value = {e["properties"]["$exception_list"][0]["value"]: e for e in events}
+    assert sorted(by_value) == ["4", "6"]  # one event each, no success exit
+    assert by_value["4"]["properties"]["$exception_source"] == "python.threading_excepthook"
+    # The forked child's sys.exit() is its main thread's: reported at the call.
+    assert by_value["6"]["properties"]["$exception_source"] in (
+        "python.sys_exit",
+        "python.multiprocessing",
+    )
+
+
+def test_install_never_raises_for_a_stub_module_of_another_library(
+    capture_server: CaptureServer,
+) -> None:
+    """A test stub in ``sys.modules["sentry_sdk"]`` (and ``celery``): install() warns once,
+    counts it, leaves every hook in place once, and a second install() is the same one."""
+    result = run_script(
+        """
+        import logging, threading, types
+        logging.basicConfig(format="%(name)s: %(message)s")
+        sys.modules["sentry_sdk"] = types.ModuleType("sentry_sdk")
+        sys.modules["celery"] = types.ModuleType("celery")
+        first = posthog_errors.install(client)
+        hooks = (sys.excepthook, threading.excepthook, logging.Logger.callHandlers)
+        second = posthog_errors.install(client)
+        assert first is second
+        assert (sys.excepthook, threading.excepthook, logging.Logger.callHandlers) == hooks
+        print(posthog_errors.stats()["invalid_input"], posthog_errors.stats()["internal_errors"])
+        try:
+            raise ValueError("reported all the same")
+        except ValueError:
+            logging.getLogger("app").exception("still works")
+        posthog_errors.uninstall()
+        assert sys.excepthook is sys.__excepthook__
+        posthog_errors.flush(5)
+        """,
+        capture_server.url,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["2", "0"]
+    warned = [line for line in result.stderr.splitlines() if "posthog-errors can use" in line]
+    assert len(warned) == 2, result.stderr  # once for each library
+    [event] = capture_server.wait_for_events(1)
+    assert event["properties"]["$exception_list"][0]["value"] == "reported all the same"
+
+
 def test_every_hook_wrapped_by_another_library_is_switched_off_in_place(
     capture_server: CaptureServer,
 ) -> None:
