@@ -23,6 +23,7 @@ from typing import Any
 
 __all__ = [
     "CUT_MARK",
+    "CUT_VALUE",
     "MAX_QUEUED_TEXT",
     "MAX_QUEUED_VALUES",
     "QUEUED_BUDGET",
@@ -207,19 +208,46 @@ def freeze_properties(properties: Mapping[str, Any]) -> dict[str, Any]:
     cuts it to 1,024 characters, reading at most 2,048; it sends at most 100 items of a
     container, 8 deep, and shows any other object by its repr."""
     walk = _Freeze()
-    frozen = walk.mapping(properties, 0)
+    # Plain values first, so that one big structure cannot starve the small properties
+    # after it (an order ID after a request body); the copy keeps the app's order.
+    items = list(itertools.islice(properties.items(), MAX_QUEUED_VALUES))
+    plain = {key: walk.value(item, 1) for key, item in items if _is_plain(item)}
+    frozen = walk.mapping({key: plain.get(key, item) for key, item in items}, 0, plain)
     return frozen
 
 
+def _is_plain(value: object) -> bool:
+    cls = type(value)
+    return value is None or cls is str or cls is int or cls is float or cls is bool
+
+
 class _Freeze:
-    __slots__ = ("budget",)
+    __slots__ = ("budget", "cut")
 
     def __init__(self) -> None:
         self.budget = QUEUED_BUDGET
+        self.cut = False  # a value was replaced by CUT_VALUE (or a text cut to the budget)
 
-    def mapping(self, value: Mapping[Any, Any], depth: int) -> dict[Any, Any]:
+    def mapping(
+        self, value: Mapping[Any, Any], depth: int, done: Mapping[Any, Any] | None = None
+    ) -> dict[Any, Any]:
         result: dict[Any, Any] = {}
         for key, item in itertools.islice(value.items(), MAX_QUEUED_VALUES):
+            if done is not None:
+                if key in done:
+                    result[key] = item  # copied already: a plain value of the first pass
+                    continue
+                if type(key) is str and key.startswith("$"):
+                    # PostHog's own keys may be typed: one cut here would arrive with a
+                    # string in place of an object, so it is left out whole (as the worker
+                    # removes a typed key too big for the event).
+                    budget, self.cut = self.budget, False
+                    frozen = self.value(item, depth + 1)
+                    if self.cut:
+                        self.budget = budget
+                    else:
+                        result[key] = frozen
+                    continue
             if type(key) is str:
                 if len(key) > MAX_QUEUED_KEY:
                     key = key[:MAX_QUEUED_KEY]
@@ -237,6 +265,7 @@ class _Freeze:
 
     def value(self, value: Any, depth: int) -> Any:
         if self.budget <= 0:
+            self.cut = True
             return CUT_VALUE
         cls = type(value)
         if value is None or cls is bool or cls is float:
@@ -249,7 +278,8 @@ class _Freeze:
             text = value if cls is str else str.__str__(value)
             if len(text) > MAX_QUEUED_TEXT:
                 text = text[:MAX_QUEUED_TEXT]
-            text = text[: max(0, self.budget)] if len(text) > self.budget else text
+            if len(text) > self.budget:
+                text, self.cut = text[: max(0, self.budget)], True
             self.budget -= VALUE_COST + len(text)
             return text
         if cls is bytes or cls is bytearray:

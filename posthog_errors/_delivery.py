@@ -33,6 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 from posthog_errors import _guard, _receipts
+from posthog_errors._bounded import MAX_QUEUED_TEXT, freeze_properties
 from posthog_errors._snapshot import EventSnapshot
 from posthog_errors._stats import STATS
 
@@ -125,7 +126,12 @@ class DeliveryWorker:
         return previous
 
     def submit(self, snapshot: EventSnapshot) -> bool:
-        """Queue a snapshot; False (and counted as dropped) when the queue is full."""
+        """Queue a snapshot; False (and counted as dropped) when the queue is full.
+
+        Its properties are copied first, bounded (``_bounded.freeze_properties``): a queued
+        event holds at most ``QUEUED_BUDGET`` characters of the app's values, whatever they
+        referenced, and the app's ``__repr__`` of an odd value runs here, on its thread."""
+        _bound(snapshot)
         sink = self._redirect
         if sink is not None:
             sink(snapshot)
@@ -329,6 +335,16 @@ class DeliveryWorker:
         self._start_lock = threading.RLock()
         self._init_state()
         del dropped_clients
+
+
+def _bound(snapshot: EventSnapshot) -> None:
+    """Bound what a snapshot keeps of the app's values, on the caller's thread."""
+    properties = snapshot.properties
+    if properties:
+        snapshot.properties = freeze_properties(properties)
+    fingerprint = snapshot.fingerprint
+    if type(fingerprint) is str and len(fingerprint) > MAX_QUEUED_TEXT:
+        snapshot.fingerprint = fingerprint[:MAX_QUEUED_TEXT]  # sent cut to 512 anyway
 
 
 def _shutting_down() -> bool:

@@ -18,6 +18,7 @@ import pytest
 
 import posthog_errors
 from posthog_errors import PostHogHandler, exception_properties
+from posthog_errors._bounded import CUT_VALUE, QUEUED_BUDGET
 from posthog_errors._frames import FrameBuilder
 from posthog_errors._options import PayloadOptions
 from posthog_errors._payload import build_properties_sized
@@ -71,12 +72,14 @@ def test_a_megabyte_of_log_extras_is_cut_and_the_event_arrives_whole_otherwise(
     assert len(json.dumps(event)) < CLIENT_LIMIT
     props = event["properties"]
     assert len(json.dumps(props)) <= BUDGET
-    # The big property is replaced by the start of its JSON and a note; the rest is kept.
-    cut = props["failed_rows"]
-    assert isinstance(cut, str)
-    assert cut.startswith('[{"field0": "aaaa')
-    assert cut.endswith(" bytes: event size limit]")
-    assert "... [cut from " in cut
+    # The big property was cut on the caller's thread, before it was queued (each queued
+    # event holds at most QUEUED_BUDGET characters of the app's values): its first rows
+    # whole, the rest marked; the small properties after it are kept.
+    rows = props["failed_rows"]
+    assert isinstance(rows, list) and len(rows) == 100
+    assert rows[0] == {f"field{j}": chr(ord("a") + j) * 1000 for j in range(10)}
+    assert rows[-1] == CUT_VALUE
+    assert len(json.dumps(rows)) < QUEUED_BUDGET + 100 * len(CUT_VALUE) + 4096
     assert props["order_id"] == "A-1"
     assert props["log_message"] == "import failed"
     # The exception list is intact: frames, context lines and code variables.
@@ -193,7 +196,8 @@ def test_a_typed_key_too_big_is_removed_not_turned_into_a_string(
     props = event["properties"]
     # The largest goes first; a string in its place would reject the whole event.
     assert "$debug_images" not in props
-    assert props["rows"] == [["r" * 1000] * 100] * 2  # that was enough
+    # The rest is cut before it is queued (QUEUED_BUDGET): rows arrive, their head whole.
+    assert props["rows"][0][:10] == ["r" * 1000] * 10
 
 
 def test_a_huge_int_in_extras_does_not_break_the_event(
