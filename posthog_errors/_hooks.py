@@ -21,7 +21,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from posthog_errors import _guard, _steps
+from posthog_errors import _guard, _queue_logging, _steps
 from posthog_errors._reporter import Reporter
 from posthog_errors.handler import STEP_ROUTE
 
@@ -305,6 +305,7 @@ def install_logging_hook(handler: PostHogHandler) -> Restore:
     # handler.handle().
     routes, ignored, step_route = handler._routes, handler._ignored_cache, STEP_ROUTE
     trail, fits, ident = _steps.HEAD, _steps.MAX_STEPS, threading.get_ident
+    pid = _queue_logging.PID
     freeze = _steps.freeze_record  # the step, made now: never the record itself
 
     def posthog_errors_call_handlers(self: logging.Logger, record: logging.LogRecord) -> None:
@@ -318,6 +319,8 @@ def install_logging_hook(handler: PostHogHandler) -> Restore:
                 and head is not None
                 and head[2] < fits
                 and head[3] == ident()
+                and record.thread == head[3]  # not another thread's record (a queue's)
+                and record.process == pid[0]
             ):
                 trail.set((freeze(record), head, head[2] + 1, head[3]))
             else:

@@ -17,7 +17,15 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
-from posthog_errors import _extensions, _guard, _hooks, _rate_limit, _reporter, _units
+from posthog_errors import (
+    _extensions,
+    _guard,
+    _hooks,
+    _queue_logging,
+    _rate_limit,
+    _reporter,
+    _units,
+)
 from posthog_errors._client import warm_up_posthog
 from posthog_errors._conform import bad_input
 from posthog_errors._delivery import worker
@@ -191,6 +199,8 @@ def install(
             restores.append(_hooks.install_process_hook(reporter, capture_exits=capture_exits))
             if capture_exits:
                 restores.append(_hooks.install_exit_hook(reporter))
+        # QueueHandler.prepare: a queued record carries its exception, person and steps.
+        restores.append(_queue_logging.wrap_queue_handlers())
         # Each job submitted to a ThreadPoolExecutor: a unit of work, its submitter's person.
         restores.append(_units.install_executor_hook())
         if unraisable:

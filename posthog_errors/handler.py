@@ -8,13 +8,14 @@ from ``logging.config.dictConfig`` and from ``fileConfig`` INI ``args``/``kwargs
 
 from __future__ import annotations
 
+import contextvars
 import importlib
 import logging
 import reprlib
 from collections.abc import Iterable
 from typing import Any
 
-from posthog_errors import _guard
+from posthog_errors import _guard, _queue_logging
 from posthog_errors._event_dict import read_event_dict
 from posthog_errors._levels import LevelAllowList, posthog_level
 from posthog_errors._log_message import (
@@ -23,9 +24,11 @@ from posthog_errors._log_message import (
     fingerprint,
     mark_record_sent,
     message_rate_key,
+    record_was_sent,
     was_sent_by_structlog,
 )
-from posthog_errors._reporter import BeforeSend, Reporter
+from posthog_errors._queue_logging import Carried, carried_of, forwarded, from_traceback_text
+from posthog_errors._reporter import BeforeSend, EventFields, Reporter
 from posthog_errors._stats import STATS
 from posthog_errors._steps import add_record as add_step_record
 
@@ -44,6 +47,8 @@ _RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None
     "message",
     "asctime",
     "taskName",
+    "_posthog_errors_sent",
+    _queue_logging.CARRIED_ATTR,
 }
 
 
@@ -97,6 +102,9 @@ class PostHogHandler(logging.Handler):
         self.ignore_loggers = DEFAULT_IGNORED_LOGGERS + tuple(_logger_patterns(ignored))
         self._ignored_cache: dict[str, bool] = {}
         if reporter is None:
+            # Behind a QueueListener, records lose their exception in QueueHandler.prepare:
+            # from now on they carry what the event needs (see ``_queue_logging``).
+            _queue_logging.wrap_queue_handlers(by_handler=True)
             reporter = Reporter(
                 _imported(client, "client"),
                 api_key=api_key,
@@ -148,7 +156,11 @@ class PostHogHandler(logging.Handler):
                 ignored = self._ignored_cache.get(name)
                 if ignored is None:
                     ignored = self._is_ignored(name)
-                if not ignored and (not self.filters or self.filter(record)):
+                if (
+                    not ignored
+                    and (not self.filters or self.filter(record))
+                    and not forwarded(record)  # another thread's step (a queue's record)
+                ):
                     add_step_record(record)  # a step of the trail, not an event
             return False
         if _guard.inside_library():
@@ -166,6 +178,17 @@ class PostHogHandler(logging.Handler):
 
     def _emit(self, record: logging.LogRecord) -> None:
         extras = {k: v for k, v in vars(record).items() if k not in _RECORD_ATTRIBUTES}
+        carried = carried_of(record)
+        if carried is None and not record.exc_info and forwarded(record):
+            # Queued by a producer without posthog-errors: its traceback is only text.
+            msg = record.msg
+            if isinstance(msg, str) and not record_was_sent(record):
+                carried = from_traceback_text(msg)
+        if carried is not None:
+            # Made elsewhere, through a queue: sent as its producer would have, in an empty
+            # context (none of this thread's person, steps or context tags).
+            contextvars.Context().run(self._emit_carried, record, carried, extras)
+            return
         if isinstance(record.msg, dict):
             view = read_event_dict(record.msg)
             extras.update(view.properties)
@@ -186,6 +209,9 @@ class PostHogHandler(logging.Handler):
         if exc is not None:
             if message:
                 properties.setdefault("log_message", message)
+            # Reported (or deduplicated) here: a QueueListener further on must not send
+            # this record again as a message.
+            mark_record_sent(record)
             self.reporter.capture(
                 exc,
                 level=level,
@@ -209,6 +235,48 @@ class PostHogHandler(logging.Handler):
                 rate_key=message_rate_key(record.name, record, frames, grouping, event_fingerprint),
                 frames=frames,
                 frames_omitted=omitted,
+                level=level,
+                distinct_id=distinct_id,
+                session_id=session_id,
+                properties=properties,
+            )
+
+    def _emit_carried(
+        self, record: logging.LogRecord, carried: Carried, extras: dict[str, Any]
+    ) -> None:
+        if record_was_sent(record):
+            return
+        mark_record_sent(record)
+        distinct_id = extras.pop("distinct_id", None) or carried.distinct_id
+        session_id = extras.pop("session_id", None) or carried.session_id
+        properties = {**carried.properties, "logger": record.name, **extras}
+        if carried.steps:
+            properties.setdefault("$exception_steps", carried.steps)
+        level = posthog_level(record.levelno)
+        if carried.exceptions:
+            if carried.message:
+                properties.setdefault("log_message", carried.message)
+            entries = _queue_logging.exception_snapshots(carried)
+            root = entries[0]
+            site = root.frames[-1] if root.frames else None
+            rate_key = (root.type_name, site[0].co_filename, site[1]) if site else root.type_name
+            fields = EventFields(
+                level, True, "logging", "python.logging", distinct_id, session_id, properties, None
+            )
+            reporter = self.reporter
+            reporter._guarded(reporter._capture_entries, entries, fields, rate_key)
+        elif self.capture_messages:
+            frames = _queue_logging.frame_refs(carried.frames)
+            template = carried.template
+            grouping = fingerprint(record.name, template) if carried.has_args else None
+            event_fingerprint = (
+                _extra_fingerprint(extras) or grouping or fingerprint(record.name, template)
+            )
+            self.reporter.capture_message(
+                carried.message,
+                fingerprint=event_fingerprint,
+                rate_key=message_rate_key(record.name, record, frames, grouping, event_fingerprint),
+                frames=frames,
                 level=level,
                 distinct_id=distinct_id,
                 session_id=session_id,
