@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
 from posthog_errors._frames import safe_text
-from posthog_errors._redact import DEFAULT_REDACTOR, FILTERED, Redactor
+from posthog_errors._redact import DEFAULT_REDACTOR, FILTERED, Redactor, is_card_number
 from posthog_errors._stats import STATS
 
 __all__ = ["MASKED", "UNREPRESENTABLE", "VariableBudget", "int_text", "serialize_locals"]
@@ -106,6 +105,8 @@ def _render(value: Any, depth: int, redactor: Redactor) -> Any:
     if value is None or kind is bool:
         return value
     if kind is int:
+        if 10**12 <= abs(value) < 10**19 and is_card_number(int.__repr__(abs(value))):
+            return MASKED  # a card number held as an int
         return value if abs(value) < 2**53 else _bounded(int_text(value))
     if kind is float:
         return value if math.isfinite(value) else str(value)
@@ -123,7 +124,7 @@ def _text(value: str, redactor: Redactor) -> str:
     and cut. Only a bounded window is ever read: a string too long to scan is shown by
     its scanned head, redacted, never raw."""
     window = value[: _MAX_TEXT + _SECRET_WINDOW]
-    if redactor.has_credential(window) or _high_entropy(window):
+    if redactor.has_credential(window):
         return MASKED
     if len(value) > len(window):
         # Cut first: the patterns then read a bounded window, never the whole value; the
@@ -140,6 +141,16 @@ def _container(value: Any, depth: int, redactor: Redactor) -> str:
     items = list(itertools.islice(iterable, _MAX_ITEMS + 1))
     more = len(items) > _MAX_ITEMS
     parts = []
+    pair = (
+        type(value) in (tuple, list)
+        and len(items) == 2
+        and type(items[0]) is str
+        and items[1] is not None
+        and type(items[1]) is not bool
+        and redactor.is_secret_key(items[0])
+    )
+    if pair:  # ("password", value)
+        items = [items[0], MASKED]
     for item in items[:_MAX_ITEMS]:
         if isinstance(value, dict):
             key, inner = item
@@ -173,26 +184,3 @@ def _describe(value: Any) -> str:
 
 def _bounded(text: str) -> str:
     return safe_text(text, _MAX_TEXT)
-
-
-def _high_entropy(value: str) -> bool:
-    """The whole value is one long token of mixed character classes with high Shannon
-    entropy (a standalone value: from 24 characters; runs inside text need 32, see
-    ``_redact``). Only the head of a long value is read."""
-    value = value[:_MAX_TEXT]
-    if len(value) < 24 or value.startswith("/") or "://" in value:
-        return False  # a path or a URL (URL credentials are checked on their own)
-    if any(c.isspace() for c in value):
-        return False
-    classes = sum(
-        (
-            any(c.islower() for c in value),
-            any(c.isupper() for c in value),
-            any(c.isdigit() for c in value),
-        )
-    )
-    if classes < 3:
-        return False
-    counts = Counter(value)
-    entropy = -sum(n / len(value) * math.log2(n / len(value)) for n in counts.values())
-    return entropy > 4.0

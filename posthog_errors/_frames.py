@@ -132,20 +132,19 @@ class FrameBuilder:
         if index >= len(lines):
             # The file changed (or is not the code that ran): no context rather than wrong.
             return [], None, []
-        n = self.options.context_lines
-        clean = self._clean_line
-        pre = [clean(s) for s in lines[max(0, index - n) : index]]
-        post = [clean(s) for s in lines[index + 1 : index + 1 + n]]
-        return pre, clean(lines[index]), post
-
-    def _clean_line(self, line: str) -> str:
-        # Source lines too can hold credentials (a hard-coded DSN); built once per site.
-        # Redacted before the cut (see ``_redact``), so a token crossing it is filtered whole.
         options = self.options
-        text = line.rstrip("\r\n")
+        n, limit = options.context_lines, options.max_line_length
+        first = max(0, index - n)
         if options.redact_secrets:
-            text = options.redactor.text(text, options.max_line_length)
-        return safe_text(text, options.max_line_length)
+            # Source lines too can hold credentials (a hard-coded DSN); built once per
+            # site. Redacted before the cut (see ``_redact``), so a token crossing it is
+            # filtered whole; the file is checked a chunk at a time, each chunk once.
+            window = options.redactor.source_lines(lines, first, index + 1 + n, limit)
+        else:
+            window = [s.rstrip("\r\n") for s in lines[first : index + 1 + n]]
+        window = [safe_text(s, limit) for s in window]
+        at = index - first
+        return window[:at], window[at], window[at + 1 :]
 
     def in_app_code(self, code: CodeType, module: object) -> bool:
         """``in_app`` from the code object alone (for the caller's thread: cached)."""

@@ -51,7 +51,7 @@ SECRET_VALUES = {
     "a_sentry": "https://0123456789abcdef0123456789abcdef@o1.ingest.sentry.io/42",
     "header": "Bearer abcdefghijklmnopqrstuvwxyz012345",
     "assignment": "password=letmein123",
-    "entropy": "Zq8vR2mX9kLp4Tw7Yb3Nc6Hd1Fg5Js0",
+    "card": "4111 1111 1111 1111",
     "posthog_personal": "phx_abcdefghijklmnopqrstuvwxyz0123",
 }
 HARMLESS = {"order_id": "order-1234", "count": 42, "ratio": 0.5, "flag": True, "note": "hello"}
