@@ -307,9 +307,8 @@ class PostHogSink:
         levelno: int,
         forwarded: logging.LogRecord | None,
     ) -> None:
-        if forwarded is not None:
-            if _steps.holds_record(forwarded):
-                return  # install()'s logging hook kept the stdlib record already
+        if forwarded is not None and _steps.holds_record(forwarded):
+            return  # install()'s logging hook kept the stdlib record already
         properties = {
             key: value
             for key, value in record["extra"].items()
