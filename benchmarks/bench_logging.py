@@ -451,13 +451,8 @@ def measure_trail_memory(logger: logging.Logger) -> dict[str, Any]:
     held, head = _held_bytes(lambda: context.run(fill, full))
     nodes = _trail_nodes(head)
     held_long, head_long = _held_bytes(lambda: contextvars.Context().run(fill, long_run))
-    record = _steps.nodes(head)[0]
-    parts = {
-        "node": sys.getsizeof(head[0]),
-        "record": sys.getsizeof(record),
-        "record_dict": sys.getsizeof(vars(record)),
-        "args": sys.getsizeof(record.args),
-    }
+    step = _steps.nodes(head)[0]
+    parts = {"node": sys.getsizeof(head[0]), "step": sys.getsizeof(step)}
     return {
         "max_steps": _steps.MAX_STEPS,
         "records": full,
@@ -770,6 +765,15 @@ class FilteredRow:
         return statistics.median(a - b for a, b in zip(self.loops, self.baseline, strict=True))
 
     @property
+    def ratio_spread(self) -> tuple[float, float]:
+        """The 10th and 90th percentiles of the per-turn ratios."""
+        ratios = [a / b for a, b in zip(self.loops, self.baseline, strict=True)]
+        if len(ratios) < 2:
+            return ratios[0], ratios[0]
+        deciles = statistics.quantiles(ratios, n=10)
+        return deciles[0], deciles[-1]
+
+    @property
     def min_ratio(self) -> float:
         return min(self.loops) / min(self.baseline)
 
@@ -886,16 +890,18 @@ def _memory_lines(trail: dict[str, Any], crumbs: dict[str, Any]) -> list[str]:
     return [
         f"Memory per context: a trail holds at most 2 x MAX_STEPS = {bound} nodes (two "
         f"segments of {trail['max_steps']}: when the newest is full it becomes the older "
-        "one, the one before dropped), each keeping one LogRecord "
-        "alive, with its args and extras (not copied). For this record "
+        "one, the one before dropped), each holding one step: a tuple of small immutable "
+        "values made when the record was logged (here the template, shared with the call "
+        "site, the arguments tuple (42,), the timestamp, the level and the logger name), "
+        "never the record. For this record "
         f"{trail['per_node']:,.0f} bytes per node (tracemalloc: {trail['bytes']:,} bytes "
         f"held by a context after {trail['records']} records, {trail['nodes']} nodes), so "
         f"about {bound * trail['per_node'] / 1024:,.0f} KiB per context at most; after "
         f"{trail['long_records']:,} records in one context it holds {trail['long_nodes']} "
         f"nodes, {trail['long_bytes']:,} bytes. sys.getsizeof of the parts: node "
-        f"{parts['node']}, LogRecord {parts['record']}, its __dict__ {parts['record_dict']}, "
-        f"args tuple {parts['args']} bytes; the rest is the values made for the record "
-        "(timestamps, the module name).",
+        f"{parts['node']}, step {parts['step']} bytes; the rest is the values made for the "
+        "record (the timestamp, the arguments tuple). Whatever a record references, a step "
+        "holds at most about 3,300 characters of text (docs/steps.md).",
         f"sentry-sdk keeps at most {crumbs['max']} breadcrumbs per isolation scope: "
         f"{crumbs['per_breadcrumb']:,.0f} bytes each for this record (tracemalloc: "
         f"{crumbs['bytes']:,} bytes for {crumbs['kept']} breadcrumbs).",
@@ -905,9 +911,11 @@ def _memory_lines(trail: dict[str, Any], crumbs: dict[str, Any]) -> list[str]:
 def _details(filtered: list[FilteredRow], exc: list[ExcRow]) -> list[str]:
     lines = []
     for row in filtered:
+        low, high = row.ratio_spread
         lines.append(
             f"{row.label}: median {row.ns:,.0f} ns over {len(row.loops)} loops "
-            f"(min {min(row.loops):,.0f}, max {max(row.loops):,.0f}); ratio of minimums "
+            f"(min {min(row.loops):,.0f}, max {max(row.loops):,.0f}); per-turn ratio "
+            f"p10 {low:.3f}, median {row.ratio:.3f}, p90 {high:.3f}; ratio of minimums "
             f"{row.min_ratio:.3f}; its NullHandler: median {statistics.median(row.baseline):,.0f}"
             " ns"
         )
@@ -929,9 +937,12 @@ METHOD_NOTE = (
     "of the difference to that `NullHandler` loop. `PostHogHandler(steps=False)` keeps its "
     "level at the lowest allowed level (ERROR), so `Logger.callHandlers` never calls it for "
     "an INFO record. With steps on (the default, `steps_levels` INFO and WARNING) its level "
-    "is INFO and `handle()` makes the record a step: it keeps the `LogRecord` itself, "
-    "unformatted, as the new head of the current context's trail (a persistent linked "
-    'list in a `ContextVar`). With `levels="debug,error", steps=False` the record reaches '
+    "is INFO and `handle()` makes the record a step, fixed when logged: a tuple of the "
+    "template, the arguments (here one small int, kept as it is, formatted by the worker "
+    "when an event sends the step; other arguments are formatted at once), the timestamp, "
+    "the level and the logger name, never the `LogRecord`, as the new head of the current "
+    "context's trail (a persistent linked list in a `ContextVar`). With "
+    '`levels="debug,error", steps=False` the record reaches '
     "`handle()` and is refused by the allow list. `install()` chains `Logger.callHandlers` "
     "(it adds no handler) once per process, so `install(steps=False)` and `install()` run "
     "in a process each, timed over a `NullHandler` and taking turns with the original "
@@ -942,7 +953,7 @@ METHOD_NOTE = (
     "the benchmark's context, far past its bound ({bound} nodes: each full segment of "
     "{max_steps} becomes the older one and the one before is dropped), so their figures "
     "include that turnover "
-    "and the freeing of the records it drops, as in a long-running process. sentry-sdk is "
+    "and the freeing of the steps it drops, as in a long-running process. sentry-sdk is "
     "timed over a `NullHandler` with its patched `Logger.callHandlers`: its "
     "`LoggingIntegration`, set up as 2.x's default on every line (3.x: without Sentry "
     "Logs), formats each INFO record and adds it as a breadcrumb to the "
@@ -988,7 +999,8 @@ def render_doc_block(
         warmup=config.warmup,
     )
     lines = [
-        measured_on(info, ("posthog-errors", "posthog-python", "sentry-sdk"), quick),
+        measured_on(info, ("posthog-errors", "posthog-python", "sentry-sdk"), quick)
+        + f" On 2 CPUs, {info['load']}.",
         "",
         filtered_table(list(rows.values()), markdown=True),
         "",
@@ -1037,8 +1049,16 @@ def _check_trails(
         problems.append(f"trail memory: unexpected node counts {memory}")
 
 
+def _load() -> str:
+    try:
+        return ", ".join(f"{value:.2f}" for value in os.getloadavg())
+    except (AttributeError, OSError):
+        return "unknown"
+
+
 def run(config: Config, quick: bool, write: bool) -> int:
     info = machine_info(_versions())
+    load_before = _load()
     problems: list[str] = []
     server = ServerProcess()
     try:
@@ -1072,6 +1092,8 @@ def run(config: Config, quick: bool, write: bool) -> int:
     finally:
         server.close()
 
+    # The machine is shared: say how busy it was (the run itself keeps about one CPU busy).
+    info["load"] = f"load average (1, 5, 15 min) {load_before} before the run, {_load()} after"
     stats: dict[str, int] = exc["exc-ours"]["stats"]
     for key in ("dropped", "internal_errors", "rate_limited", "deduplicated", "filtered"):
         if stats.get(key):
@@ -1126,6 +1148,7 @@ def run(config: Config, quick: bool, write: bool) -> int:
 
     print()
     print(info_line(info))
+    print(info["load"])
     print(
         f'logger.info("{INFO_MESSAGE}", 42) on a logger at DEBUG, {config.filtered_reps} loops '
         f"of {config.filtered_loop:,} per variant; ratio = median per-turn ratio to the "

@@ -93,13 +93,15 @@ _MAX_EXTRA_VALUE = 256  # characters of one extra value
 _MAX_EXTRAS = 16
 _MAX_NAME = 200  # characters of a logger name
 _MAX_INT = 1 << 63  # a bigger int argument is formatted at once
+_MIN_INT = -_MAX_INT
 
-# A step: (key, created, levelno or None, logger name or None, template, arguments or
-# None, extras or None, exception or None). ``key`` is the record's id() (0 for add_step()
-# and structlog steps), so that install()'s hook and an explicit PostHogHandler add a
-# record once; ``arguments`` a tuple of small immutables formatted by the worker;
-# ``extras`` a tuple of (key, plain value) pairs; ``exception`` (type name, message).
-Step = tuple[int, float, "int | None", "str | None", str, "tuple[Any, ...] | None", Any, Any]
+# A step: (created, levelno or None, logger name or None, template or message, arguments
+# or None), and for the records that needed more (and add_step()'s, structlog's), three
+# more: (..., extras or None, exception or None, key). ``arguments`` is a tuple of small
+# immutables formatted by the worker; ``extras`` a tuple of (key, plain value) pairs;
+# ``exception`` (type name, message); ``key`` the record's id() (0 for add_step()), so that
+# install()'s hook and an explicit PostHogHandler add a record once (see holds_record).
+Step = tuple[Any, ...]
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
@@ -137,41 +139,37 @@ _ident = threading.get_ident
 
 def freeze_record(record: logging.LogRecord) -> Step:
     """The step a log record becomes, made now, on the logging thread (the hot path of
-    install()'s hook and of PostHogHandler: keep it to a few type checks)."""
-    msg = record.msg
-    args = record.args
-    if (
-        type(msg) is str
-        and len(msg) <= MAX_MESSAGE_LENGTH
-        and type(record) is _LogRecord
-        and record.exc_info is None
-        and len(record.__dict__) == _PLAIN_RECORD_SIZE
-    ):
-        if not args:
-            return (id(record), record.created, record.levelno, record.name, msg, None, None, None)
-        if type(args) is tuple and len(args) <= MAX_ARGUMENTS:
-            arg: Any
-            for arg in args:
-                kind = type(arg)
-                if kind is str:
-                    if len(arg) > MAX_ARGUMENT_LENGTH:
+    install()'s hook and of PostHogHandler: keep it to a few type checks; the record's
+    ``__dict__`` is read directly, which is cheaper than its attributes)."""
+    try:
+        fields = record.__dict__
+        msg = fields["msg"]
+        if (
+            type(msg) is str
+            and len(fields) == _PLAIN_RECORD_SIZE
+            and fields["exc_info"] is None
+            and len(msg) <= MAX_MESSAGE_LENGTH
+            and type(record) is _LogRecord
+        ):
+            args = fields["args"]
+            if not args:
+                return (fields["created"], fields["levelno"], fields["name"], msg, None)
+            if type(args) is tuple and len(args) <= MAX_ARGUMENTS:
+                arg: Any
+                for arg in args:
+                    kind = type(arg)
+                    if kind is int:
+                        if arg > _MAX_INT or arg < _MIN_INT:
+                            break
+                    elif kind is str:
+                        if len(arg) > MAX_ARGUMENT_LENGTH:
+                            break
+                    elif kind is not float and kind is not bool and arg is not None:
                         break
-                elif kind is int:
-                    if not -_MAX_INT < arg < _MAX_INT:
-                        break
-                elif kind is not float and kind is not bool and arg is not None:
-                    break
-            else:
-                return (
-                    id(record),
-                    record.created,
-                    record.levelno,
-                    record.name,
-                    msg,
-                    args,
-                    None,
-                    None,
-                )
+                else:
+                    return (fields["created"], fields["levelno"], fields["name"], msg, args)
+    except Exception:
+        pass  # an odd record (attributes deleted, a __dict__ of its own): the slow way
     return _freeze_slowly(record)
 
 
@@ -186,10 +184,10 @@ def _freeze_slowly(record: logging.LogRecord) -> Step:
         created = record.created
         if type(created) is not float:
             created = float(created) if isinstance(created, (int, float)) else time.time()
-        return (id(record), created, _levelno(record), name, message, None, extras, exception)
+        return (created, _levelno(record), name, message, None, extras, exception, id(record))
     except Exception as error:
         _guard.internal_error(error)
-        return (id(record), time.time(), None, None, "<unprintable step>", None, None, None)
+        return (time.time(), None, None, "<unprintable step>", None, None, None, id(record))
 
 
 def _levelno(record: logging.LogRecord) -> int | None:
@@ -268,9 +266,14 @@ def _extras_and_exception(record: logging.LogRecord) -> tuple[Any, Any]:
 def add_record(record: logging.LogRecord) -> None:
     """Add a log record to the current context's trail (an explicit PostHogHandler's path;
     install()'s hook adds steps inline)."""
-    if holds_record(record):
-        return  # install()'s hook and an explicit PostHogHandler both saw it
-    _push(freeze_record(record))
+    head = _HEAD.get()
+    if head is not None and head[3] == _ident():
+        if head[0][0] == record.created and holds_record(record):
+            return  # install()'s hook and an explicit PostHogHandler both saw it
+        if head[2] < MAX_STEPS:  # the common case, inline: room in this thread's segment
+            _HEAD.set((freeze_record(record), head, head[2] + 1, head[3]))
+            return
+    _push(freeze_record(record), head)
 
 
 def adopt() -> None:
@@ -338,7 +341,6 @@ def _step(message: object, properties: dict[str, Any]) -> Step:
         budget -= len(key) + 8
         extras.append((key, value))
     return (
-        0,
         time.time(),
         None,
         None,
@@ -346,20 +348,28 @@ def _step(message: object, properties: dict[str, Any]) -> Step:
         None,
         tuple(extras) if extras else None,
         None,
+        0,
     )
 
 
 def holds_record(record: logging.LogRecord) -> bool:
     """Whether the newest step of this context's trail was made from ``record`` (install()'s
     hook and another door, an explicit handler or loguru's forwarding, saw the same record).
-    """
+
+    A short step keeps the record's own template and arguments objects, so the same objects
+    and the same timestamp name the same record (only two records of one constant message
+    with no arguments, logged within one tick of the clock, could be taken for one: the
+    second step would repeat the first exactly); a longer one keeps the record's id()."""
     head = _HEAD.get()
-    return (
-        head is not None
-        and head[0][0] == id(record)
-        and head[0][1] == record.created
-        and head[3] == _ident()
-    )
+    if head is None or head[3] != _ident():
+        return False
+    step = head[0]
+    if step[0] != record.created:
+        return False
+    if len(step) == 5:
+        args = record.args
+        return step[3] is record.msg and (step[4] is args if args else step[4] is None)
+    return bool(step[7] == id(record))
 
 
 def take_over(trail: Trail | None) -> None:
@@ -382,7 +392,7 @@ def _from_dict(step: Mapping[str, Any]) -> Step:
     frozen = _step(step.get("$message", ""), properties)
     stamp = step.get("$timestamp")
     if isinstance(stamp, (int, float)) and not isinstance(stamp, bool):
-        return (0, float(stamp), *frozen[2:])
+        return (float(stamp), *frozen[1:])
     return frozen
 
 
@@ -460,7 +470,8 @@ def render(trail: Trail | None, max_bytes: int = MAX_STEP_BYTES) -> list[dict[st
 
 
 def _as_step(item: Step) -> dict[str, Any] | None:
-    _key, created, levelno, name, template, args, extras, exception = item
+    created, levelno, name, template, args = item[:5]
+    extras, exception = (item[5], item[6]) if len(item) > 5 else (None, None)
     message = template
     if args is not None:
         try:
