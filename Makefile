@@ -97,17 +97,18 @@ lock-upgrade:
 	$(MAKE) lock UV_FLAGS=--upgrade
 
 # The newest release of everything, in .venv-latest, through the same checks as `make test`:
-# first a lock resolved afresh (.venv-latest/lock.txt) and what moved against ours.
-LATEST := .venv-latest
+# first a lock resolved afresh for this Python (.latest-lock.txt, git-ignored) and what moved
+# against ours.
+LATEST      := .venv-latest
+LATEST_LOCK := .latest-lock.txt
 
 test-latest: $(STAMP)
-	mkdir -p $(LATEST)
-	$(UV_COMPILE) --upgrade --python-version "$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')" -o $(LATEST)/lock.txt
-	@echo "== what the newest releases change against requirements/lock.txt:"
-	@$(BIN)/python requirements/compare.py requirements/lock.txt $(LATEST)/lock.txt
-	$(MAKE) VENV=$(LATEST) PINS=$(LATEST)/lock.txt test
+	$(UV_COMPILE) --upgrade --python-version "$$($(BIN)/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')" -o $(LATEST_LOCK)
+	@echo "== what the newest releases change against requirements/lock.txt (on this Python):"
+	@$(BIN)/python requirements/compare.py requirements/lock.txt $(LATEST_LOCK)
+	$(MAKE) VENV=$(LATEST) PINS=$(LATEST_LOCK) test
 
 FORCE:
 
 clean:
-	rm -rf $(VENV) $(LATEST) .nox .pytest_cache .mypy_cache .ruff_cache site
+	rm -rf $(VENV) $(LATEST) $(LATEST_LOCK) .nox .pytest_cache .mypy_cache .ruff_cache site

@@ -2,8 +2,10 @@
 
 `make test-latest` prints it before running the checks on the newest releases, so a red run
 names its suspects (a new major version of sentry-sdk, say) before the first failure does.
-A lock line is ``name==version`` with an optional ``; marker``; a universal lock may pin a
-name twice under different markers, and each pin is kept apart by its marker.
+A lock line is ``name==version`` with an optional ``; marker``. A universal lock pins some
+names once per range of Pythons: only the pins whose marker holds for the Python running
+this script are compared (the fresh lock is resolved for that Python), so what is printed
+is what would change in an install here.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
+
+from packaging.markers import Marker
 
 __all__ = ["main", "read_pins"]
 
@@ -22,15 +26,15 @@ def _normal(name: str) -> str:
 
 
 def read_pins(path: Path) -> dict[str, set[str]]:
-    """Each package's pinned versions (``2.1.0`` or ``2.1.0 ; marker``)."""
+    """Each package's pinned versions that apply to this interpreter and platform."""
     pins: dict[str, set[str]] = {}
     for line in path.read_text(encoding="utf-8").splitlines():
         match = _PIN.match(line.strip())
         if match:
             name, version, marker = match.groups()
-            pins.setdefault(_normal(name), set()).add(
-                f"{version} ; {marker}" if marker else version
-            )
+            if marker and not Marker(marker).evaluate():
+                continue
+            pins.setdefault(_normal(name), set()).add(version)
     return pins
 
 
