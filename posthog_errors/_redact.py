@@ -260,13 +260,16 @@ _AUTH_SCHEME_AT_END = re.compile(
     r"(?P<head>\b(?:bearer|basic|digest|api-?key|splunk)[ \t]+)\S*\Z", re.I
 )
 # A scheme word before a credential in an Authorization header's value.
-_SCHEME_WORD = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,24}[ \t]+(?=[^\s'\"])")
+_SCHEME_WORD = re.compile(r"(?:[A-Za-z][A-Za-z-]{1,19}|AWS4-HMAC-SHA256)[ \t]+(?=[^\s'\"])")
 # <password>x</password>, <wsse:Password Type="...">x</wsse:Password>
 _XML_ELEMENT = re.compile(
     r"<(?P<tag>(?:[A-Za-z_][\w.-]{0,40}:)?(?P<local>[A-Za-z_][\w.-]{0,64}))(?:\s[^<>]{0,512})?>"
     r"(?P<value>[^<]{1,4096})</(?P=tag)\s*>"
 )
-_SSHPASS = re.compile(r"\bsshpass[ \t]+-p[ \t]*(?P<value>'[^'\n]*'|\"[^\"\n]*\"|[^\s'\"]+)")
+_SSHPASS = re.compile(
+    r"\bsshpass[ \t]+-p[ \t]*\\*"
+    r"(?:'(?P<single>[^'\n]*)'|\"(?P<double>[^\"\n]*)\"|(?P<plain>[^\s'\"\\]+))"
+)
 # A value after ``name=`` (etc.): quoted to its closing quote or the end of the line,
 # bracketed, or running to a separator.
 _PLAIN_VALUE = re.compile(r"[^\s,;&'\"}\])<>\\]+")
@@ -649,7 +652,9 @@ class Redactor:
                 if self._is_secret_name(match.group("local")):
                     spans.append(match.span("value"))
         if "sshpass" in lower:
-            spans += [match.span("value") for match in _SSHPASS.finditer(text)]
+            for match in _SSHPASS.finditer(text):
+                group = next(g for g in ("single", "double", "plain") if match.group(g) is not None)
+                spans.append(_unescaped_end(text, *match.span(group)))
         return _replace_spans(text, spans)
 
     def _is_secret_name(self, name: str) -> bool:
@@ -676,7 +681,7 @@ class Redactor:
         n = len(text)
         position = name_end
         quoted_name = False
-        if position < n and text[position] == "\\" and position + 1 < n:
+        while position < n and position - name_end < 16 and text[position] == "\\":
             position += 1
         if position < n and text[position] in "'\"":
             quoted_name = left > 0 and text[left - 1] in "'\"\\"
@@ -723,27 +728,26 @@ def _skip_blanks(text: str, position: int) -> int:
 def _opens_pair(text: str, left: int) -> bool:
     """``("name", value)`` or ``["name", value]``: an opening bracket before the quote."""
     position = left - 2
-    while position >= 0 and text[position] in " \t":
+    while position >= 0 and text[position] in " \t\\":
         position -= 1
     return position >= 0 and text[position] in "(["
 
 
 def _value_span(text: str, position: int) -> tuple[int, int] | None:
-    first = text[position]
+    """The value's span (inside its quotes, if quoted) at ``position``."""
     if text.startswith(FILTERED, position):
         return None
-    if first == "\\" and text[position + 1 : position + 2] in ("'", '"'):
-        quote = "\\" + text[position + 1]
-        end = text.find(quote, position + 2)
-        newline = text.find("\n", position)
-        if end == -1 or (newline != -1 and newline < end):
-            end = newline if newline != -1 else len(text)
-        return (position, min(len(text), end + 2)) if end != -1 else None
-    if first in "'\"":
-        end = position + 1
+    opener = position
+    while opener < len(text) and opener - position < 16 and text[opener] == "\\":
+        opener += 1
+    first = text[opener : opener + 1]
+    if first and first in "'\"":
+        start = end = opener + 1
         while end < len(text) and text[end] != first and text[end] != "\n":
             end += 1
-        return position, min(len(text), end + 1) if end < len(text) and text[end] == first else end
+        return _unescaped_end(text, start, end) if end > start else None
+    if opener > position:
+        return None
     if first in _BRACKETS:
         close = text.find(_BRACKETS[first], position)
         newline = text.find("\n", position)
@@ -752,6 +756,13 @@ def _value_span(text: str, position: int) -> tuple[int, int] | None:
         return position, close + 1
     match = _PLAIN_VALUE.match(text, position)
     return match.span() if match is not None else None
+
+
+def _unescaped_end(text: str, start: int, end: int) -> tuple[int, int]:
+    """``(start, end)`` without the backslashes that escape the closing quote."""
+    while end > start and text[end - 1] == "\\":
+        end -= 1
+    return start, end
 
 
 def _rest_of_value(text: str, position: int, quote: str = "") -> tuple[int, int] | None:
@@ -768,23 +779,17 @@ def _rest_of_value(text: str, position: int, quote: str = "") -> tuple[int, int]
 
 
 def _replace_spans(text: str, spans: list[tuple[int, int]]) -> str:
-    """Each span (a quoted one keeps its quotes) replaced by the mark; overlaps merged."""
+    """Each span replaced by the mark; overlapping spans merged."""
     if not spans:
         return text
     parts: list[str] = []
     position = 0
     for start, end in sorted(spans):
-        if end <= position:
+        if end <= position or end <= start:
             continue
         start = max(start, position)
-        value = text[start:end]
-        quote = ""
-        if len(value) >= 2 and value[0] in "'\"" and value[-1] == value[0]:
-            quote = value[0]
-        elif value.startswith(("\\'", '\\"')) and value.endswith(value[:2]) and len(value) >= 4:
-            quote = value[:2]
         parts.append(text[position:start])
-        parts.append(f"{quote}{FILTERED}{quote}")
+        parts.append(FILTERED)
         position = end
     parts.append(text[position:])
     return "".join(parts)
