@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import Any
 
@@ -35,6 +34,7 @@ from posthog_errors._context import bind
 from posthog_errors._reporter import Reporter, default_reporter
 from posthog_errors._snapshot import EventSnapshot
 from posthog_errors._stats import STATS
+from posthog_errors.integrations._headers import clean_header_value
 
 __all__ = [
     "ROUTE",
@@ -56,10 +56,6 @@ USER_AGENT_HEADER = "user-agent"
 FORWARDED_FOR_HEADER = "x-forwarded-for"
 ROUTE = "$request_route"
 
-# As posthog-python's ASGI integration cleans a header value: no control characters, no
-# surrounding blanks, at most 1,000 characters.
-_MAX_HEADER_LENGTH = 1000
-_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 Identify = Callable[[Any], Any]
 Scope = MutableMapping[str, Any]
@@ -124,7 +120,10 @@ class RequestReporter:
         self.capture_ip = bool(capture_ip)
 
     def ids(self, request: Any, headers: Callable[[str], str | None]) -> tuple[Any, Any]:
-        distinct_id, session_id = headers(DISTINCT_ID_HEADER), headers(SESSION_ID_HEADER)
+        # Cleaned as posthog-python's integrations clean them: "   " is no person (the
+        # event is personless), "user-1\n" is user-1, a padded session ID matches its replay.
+        distinct_id = clean_header_value(headers(DISTINCT_ID_HEADER))
+        session_id = clean_header_value(headers(SESSION_ID_HEADER))
         if self._identify is not None:
             try:
                 claimed = self._identify(request)
@@ -183,18 +182,12 @@ def add_client_properties(
     """``$user_agent`` and ``$raw_user_agent`` (both the header, as posthog-python's
     integrations send them), and ``$ip`` when the caller passes addresses (the opt-in):
     the first of ``X-Forwarded-For`` (the client, as the proxies saw it), else the peer."""
-    agent = _header_value(user_agent)
+    agent = clean_header_value(user_agent)
     if agent is not None:
         properties["$user_agent"] = agent
         properties["$raw_user_agent"] = agent
-    forwarded = _header_value(forwarded_for)
-    address = _header_value(forwarded.split(",", 1)[0]) if forwarded else None
-    address = address or _header_value(peer)
+    forwarded = clean_header_value(forwarded_for)
+    address = clean_header_value(forwarded.split(",", 1)[0]) if forwarded else None
+    address = address or clean_header_value(peer)
     if address is not None:
         properties["$ip"] = address
-
-
-def _header_value(value: object) -> str | None:
-    if not isinstance(value, str):
-        return None
-    return _CONTROL_CHARS.sub("", value).strip()[:_MAX_HEADER_LENGTH] or None

@@ -72,6 +72,7 @@ from posthog_errors import _context, _dedupe, _guard, _steps
 from posthog_errors._delivery import worker
 from posthog_errors._reporter import Reporter, default_reporter
 from posthog_errors._stats import STATS
+from posthog_errors.integrations._headers import clean_header_value
 
 __all__ = [
     "ATTEMPTS_HEADER",
@@ -214,8 +215,8 @@ class Instrumentation:
             properties = _carried_properties(_header(request, PROPERTIES_HEADER))
             properties.update(_task_properties(task, request))
             binding = _context.bind(
-                _header(request, DISTINCT_ID_HEADER),
-                session_id=_header(request, SESSION_ID_HEADER),
+                clean_header_value(_header(request, DISTINCT_ID_HEADER)),
+                session_id=clean_header_value(_header(request, SESSION_ID_HEADER)),
                 properties=properties,
             )
             attempts = _carried_attempts(_header(request, ATTEMPTS_HEADER))
@@ -299,8 +300,8 @@ class Instrumentation:
             handled=False,
             mechanism="celery",
             source="python.celery",
-            distinct_id=_header(request, DISTINCT_ID_HEADER),
-            session_id=_header(request, SESSION_ID_HEADER),
+            distinct_id=clean_header_value(_header(request, DISTINCT_ID_HEADER)),
+            session_id=clean_header_value(_header(request, SESSION_ID_HEADER)),
             properties={**carried, **properties},
         )
         if _in_pool_child():

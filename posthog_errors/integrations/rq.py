@@ -52,6 +52,7 @@ from posthog_errors._capture import flush as _flush
 from posthog_errors._delivery import worker
 from posthog_errors._log_message import mark_record_sent
 from posthog_errors._reporter import Reporter, default_reporter
+from posthog_errors.integrations._headers import clean_header_value
 
 __all__ = [
     "META_KEY",
@@ -424,8 +425,8 @@ def _carried(job: Any) -> _Carried:
     properties = entry.get("properties")
     attempts = entry.get("attempts")
     return _Carried(
-        distinct_id=distinct_id if isinstance(distinct_id, str) and distinct_id else None,
-        session_id=session_id if isinstance(session_id, str) and session_id else None,
+        distinct_id=clean_header_value(distinct_id),
+        session_id=clean_header_value(session_id),
         properties=properties if isinstance(properties, dict) else {},
         attempts=tuple(a for a in attempts if isinstance(a, dict))
         if isinstance(attempts, list)
