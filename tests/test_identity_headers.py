@@ -4,6 +4,7 @@ control characters removed, empty means personless; the same for Celery and RQ v
 from __future__ import annotations
 
 import io
+import types
 from typing import Any
 
 import pytest
@@ -43,10 +44,10 @@ def test_request_ids_from_headers(raw: Any, clean: str | None) -> None:
 
 @pytest.mark.parametrize(("raw", "clean"), CASES[:8])
 def test_rq_carried_ids(raw: Any, clean: str | None) -> None:
-    class Job:
-        meta = {rq_integration.META_KEY: {"distinct_id": raw, "session_id": raw}}
-
-    carried = rq_integration._carried(Job())
+    job = types.SimpleNamespace(
+        meta={rq_integration.META_KEY: {"distinct_id": raw, "session_id": raw}}
+    )
+    carried = rq_integration._carried(job)
     assert (carried.distinct_id, carried.session_id) == (clean, clean)
 
 
