@@ -1,7 +1,7 @@
 """One redaction policy for everything sent, through every door, asserted on the wire.
 
 A corpus of secret shapes (key names, assignments in text, vendor token formats, URL
-credentials, auth header values, PEM blocks, high-entropy strings) is sent with default
+credentials, auth header values, PEM blocks) is sent with default
 settings through capture_exception (value, properties, fingerprint, code variables),
 logging (message, extra, exception value), structlog (event-dict keys and values) and
 bind(properties=...); the whole JSON the capture server received is searched for each
