@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from posthog_errors import _guard, _receipts
+from posthog_errors import _guard, _prompt, _receipts
 from posthog_errors._bounded import MAX_QUEUED_TEXT, freeze_properties
 from posthog_errors._snapshot import EventSnapshot
 from posthog_errors._stats import STATS
@@ -268,6 +268,7 @@ class DeliveryWorker:
             client = reporter.deliver(snapshot)
             if client is not None:
                 self._clients[id(client)] = client
+                _prompt.kick(client)  # sent within about PROMPT_DELAY, once per burst
         except Exception as error:
             STATS.add("dropped")
             _guard.internal_error(error, reraise=False)
