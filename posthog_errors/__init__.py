@@ -19,6 +19,7 @@ from posthog_errors._context import (
 )
 from posthog_errors._install import Installation, install
 from posthog_errors._payload import exception_properties
+from posthog_errors._shutdown import serverless
 from posthog_errors._steps import add_step
 from posthog_errors._units import job
 from posthog_errors.handler import PostHogHandler
@@ -44,6 +45,7 @@ __all__ = [
     "install",
     "job",
     "reset",
+    "serverless",
     "set_distinct_id",
     "set_session_id",
     "stats",

@@ -24,6 +24,7 @@ from posthog_errors import (
     _queue_logging,
     _rate_limit,
     _reporter,
+    _shutdown,
     _units,
 )
 from posthog_errors._client import warm_up_posthog
@@ -118,6 +119,7 @@ def install(
     ),
     max_queue_size: int = 1000,
     shutdown_timeout: float = 2.0,
+    flush_on_signals: bool = True,
 ) -> Installation:
     """Report every failure of this process to PostHog.
 
@@ -137,6 +139,9 @@ def install(
     on those integrations when the app imports the library (now, or later): a task's or
     job's final failure with the person who enqueued it, and loguru's records (a sink with
     the same ``levels`` and steps, only with ``logs``); false leaves one off.
+    ``flush_on_signals`` flushes, within ``shutdown_timeout``, before ``SIGTERM``,
+    ``SIGHUP`` or ``SIGINT`` ends the process at its default disposition (uvicorn's re-raise
+    too); the process still ends by that signal (see ``_shutdown``).
 
     Calling it again while installed returns the existing installation, and warns naming
     the options that differ (they are ignored). Bad options raise ``ValueError``/
@@ -203,6 +208,8 @@ def install(
         restores.append(_queue_logging.wrap_queue_handlers())
         # Each job submitted to a ThreadPoolExecutor: a unit of work, its submitter's person.
         restores.append(_units.install_executor_hook())
+        if flush_on_signals:
+            restores.append(_shutdown.install_signal_hooks(float(shutdown_timeout)))
         if unraisable:
             restores.append(_hooks.install_unraisablehook(reporter))
         if asyncio:
