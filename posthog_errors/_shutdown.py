@@ -31,14 +31,20 @@ import functools
 import inspect
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import FrameType, TracebackType
 from typing import Any, TypeVar
 
 from posthog_errors import _guard
 from posthog_errors._prompt import flush_for_signal
 
-__all__ = ["Invocation", "install_signal_hooks", "serverless"]
+__all__ = [
+    "Invocation",
+    "flush_at_server_shutdown",
+    "install_signal_hooks",
+    "lifespan_send",
+    "serverless",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -162,6 +168,37 @@ def uninstall_signal_hooks() -> None:
         signal.getsignal = hooks.previous_getsignal
         hooks.in_chain = False
     # else: another library wrapped them since; ours stay in its chain, passing through.
+
+
+# -- a server's graceful shutdown ----------------------------------------------------------
+
+_LIFESPAN_SHUTDOWN_DONE = ("lifespan.shutdown.complete", "lifespan.shutdown.failed")
+
+
+def flush_at_server_shutdown() -> None:
+    """Flush within ``shutdown_timeout``: the server finished its graceful shutdown (its
+    connections are closed) and may now end the process with no exit handler (uvicorn
+    re-raises the signal)."""
+    from posthog_errors._delivery import worker
+
+    try:
+        with _guard.library_code():
+            delivery = worker()
+            delivery.flush(delivery.shutdown_timeout)
+    except Exception as error:
+        _guard.internal_error(error, reraise=False)
+
+
+def lifespan_send(send: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
+    """The ASGI lifespan ``send``, flushing as the app reports its shutdown done (so what
+    its own shutdown handlers logged goes too), before the server hears of it."""
+
+    async def send_after_flush(message: Any) -> None:
+        if isinstance(message, dict) and message.get("type") in _LIFESPAN_SHUTDOWN_DONE:
+            flush_at_server_shutdown()
+        await send(message)
+
+    return send_after_flush
 
 
 # -- serverless ---------------------------------------------------------------------------

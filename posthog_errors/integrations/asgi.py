@@ -6,7 +6,7 @@ from __future__ import annotations
 import urllib.parse
 from typing import Any
 
-from posthog_errors import _units
+from posthog_errors import _shutdown, _units
 from posthog_errors.integrations._requests import (
     FORWARDED_FOR_HEADER,
     ROUTE,
@@ -46,6 +46,10 @@ class ASGIMiddleware:
         self._requests = RequestReporter(client, identify, "python.asgi", capture_ip)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope.get("type") == "lifespan":
+            # Flush as the app's shutdown completes: uvicorn then re-raises the signal.
+            await self.app(scope, receive, _shutdown.lifespan_send(send))
+            return
         if scope.get("type") not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
