@@ -188,6 +188,9 @@ def _run_pytest(session: nox.Session, version: str, python: list[str]) -> None:
                 *arguments,
                 env={"POSTHOG_CAPTURE_MODE": mode},
                 external=True,
+                # 5: no test selected, when the arguments name files without any
+                # capture_protocol test (the full run in the first mode still counts).
+                success_codes=[0, 5] if "capture_protocol" in arguments else [0],
             )
         except CommandFailed:
             failed.append(mode)
