@@ -382,9 +382,9 @@ def test_solo_pool_with_instrument_flushes_on_warm_shutdown(
     worker = Worker(tmp_path, "solo")
     try:
         ids = produce(tmp_path, [("flaky", ()), ("recovers", ()), ("ignored", ())], worker)
-        # Both failed tasks are done, and the worker's process holds their events: a solo
-        # worker sends in the background like any app, and this client waits for a flush.
-        assert capture_server.exception_events() == []
+        # Both failed tasks are done. Their events leave about 0.3 s after capture (the
+        # prompt send), whether or not the warm shutdown's exit flush gets to them first:
+        # either way each arrives once, and the worker still exits 0.
         worker.warm_shutdown()
     finally:
         worker.kill()
