@@ -141,7 +141,7 @@ def install(
     the same ``levels`` and steps, only with ``logs``); false leaves one off.
     ``flush_on_signals`` flushes, within ``shutdown_timeout``, before ``SIGTERM``,
     ``SIGHUP`` or ``SIGINT`` ends the process at its default disposition (uvicorn's re-raise
-    too); the process still ends by that signal (see ``_shutdown``).
+    too); the process still ends by that signal, with the same exit status.
 
     Calling it again while installed returns the existing installation, and warns naming
     the options that differ (they are ignored). Bad options raise ``ValueError``/
