@@ -41,6 +41,7 @@ DOCS = ROOT / "docs" / "celery.md"
 DOC_CLIENT = 'posthog.Posthog("phc_...", host="https://us.i.posthog.com")'
 DOC_BROKER = '"redis://localhost:6379/0"'
 PERSON = {"distinct_id": "user-42", "session_id": "s-1", "plan": "pro"}
+TAGS = {"tenant": "acme"}  # posthog.tag() where the producer enqueues
 HANG_BOUND = 50  # seconds before a child process dumps its threads and exits
 
 # Appended to the documented set-up: the tasks, and what the test needs to see them run.
@@ -132,10 +133,15 @@ PRODUCER = """
 import faulthandler, json, time
 faulthandler.dump_traceback_later({hang}, exit=True)
 
+import posthog
 import posthog_errors
 import celery_app as proj
 
-with posthog_errors.bind("user-42", session_id="s-1", properties={{"plan": "pro"}}):
+with (
+    posthog_errors.bind("user-42", session_id="s-1", properties={{"plan": "pro"}}),
+    posthog.new_context(fresh=True, capture_exceptions=False),
+):
+    posthog.tag("tenant", "acme")  # posthog-python's context tags travel too
     sent = {{name: getattr(proj, name).delay(*args) for name, args in {calls!r}}}
 ids = {{name: result.id for name, result in sent.items()}}
 for name, result in sent.items():
@@ -246,6 +252,7 @@ def assert_task_event(event: dict[str, Any], task_id: str, retries: int) -> None
     assert event["distinct_id"] == PERSON["distinct_id"]
     assert props["$session_id"] == PERSON["session_id"]
     assert props["plan"] == PERSON["plan"]
+    assert {key: props.get(key) for key in TAGS} == TAGS
     assert props["celery_task_id"] == task_id
     assert props["celery_retries"] == retries
     assert props["celery_queue"] == "celery"
@@ -369,6 +376,7 @@ def test_prefork_pool_reports_each_final_failure_once_to_the_enqueuer(
     cleaned = events[ids["cleans_up"]]
     assert cleaned["distinct_id"] == PERSON["distinct_id"]
     assert cleaned["properties"]["plan"] == PERSON["plan"]
+    assert cleaned["properties"]["tenant"] == TAGS["tenant"]
     assert cleaned["properties"]["celery_task_id"] == ids["cleans_up"]
     assert cleaned["properties"]["$exception_list"][0]["type"] == "KeyError"
 
@@ -466,17 +474,36 @@ def test_headers_interoperate_with_posthog_pythons_celery_integration(
 
     # ours -> posthog-python: it reads request.headers, the nested dict
     headers: dict[str, Any] = {"id": "t-1", "retries": 0}
-    with posthog_errors.bind("user-42", session_id="s-1", properties={"plan": "pro"}):
+    tags = {"tenant": "acme", "n": 3, "ok": True, "nested": {"a": [1, "é"]}}
+    with (
+        posthog_errors.bind("user-42", session_id="s-1", properties={"plan": "pro"}),
+        contexts.new_context(fresh=True, capture_exceptions=False),
+    ):
+        for key, value in tags.items():
+            contexts.tag(key, value)
         integration._write_headers(headers)
-    seen = PosthogCeleryIntegration()._extract_headers(type("Request", (), headers)())
+        # the same header, byte for byte, as posthog-python's producer writes it
+        theirs_now: dict[str, Any] = {}
+        PosthogCeleryIntegration(posthog_client)._on_before_task_publish(headers=theirs_now)
+    assert integration.TAGS_HEADER == "X-POSTHOG-CONTEXT-TAGS"
+    assert headers["X-POSTHOG-CONTEXT-TAGS"] == theirs_now["X-POSTHOG-CONTEXT-TAGS"]
+    assert headers["headers"]["X-POSTHOG-CONTEXT-TAGS"] == json.dumps(tags)
+    request = type("Request", (), headers)()
+    seen = PosthogCeleryIntegration()._extract_headers(request)
     assert seen["X-POSTHOG-DISTINCT-ID"] == "user-42"
     assert seen["X-POSTHOG-SESSION-ID"] == "s-1"
+    assert PosthogCeleryIntegration()._extract_propagated_tags(request) == tags
 
     # posthog-python -> ours: a task run with the headers posthog-python's producer wrote
     theirs: dict[str, Any] = {}
     with contexts.new_context(fresh=True, capture_exceptions=False):
         contexts.identify_context("their-user")
         contexts.set_context_session("their-session")
+        contexts.tag("tenant", "their-tenant")
+        contexts.tag(" \x00region\n", "eu\x07")  # cleaned as the identity headers are
+        # a tag a posthog-python worker passes on from the task that enqueued: the task's
+        # own value wins, as in posthog-python
+        contexts.tag("celery_task_name", "the-parent-task")
         PosthogCeleryIntegration(posthog_client)._on_before_task_publish(headers=theirs)
     app = Celery("interop", set_as_current=False)
 
@@ -493,4 +520,7 @@ def test_headers_interoperate_with_posthog_pythons_celery_integration(
     assert event["distinct_id"] == "their-user"
     assert event["properties"]["$session_id"] == "their-session"
     assert event["properties"]["celery_task_name"].endswith("breaks")
+    assert event["properties"]["tenant"] == "their-tenant"
+    assert event["properties"]["region"] == "eu"
+    assert contexts.get_tags() == {}  # the task's context tags ended with it
     assert event["properties"]["$exception_source"] == "python.celery"

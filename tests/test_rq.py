@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import posthog
 import pytest
 from redis import Redis
 from rq import Queue, Retry
@@ -89,13 +90,18 @@ PRODUCER = """
 import json, os, sys
 
 import app  # the app's start-up code: posthog_errors.install(client)
+import posthog
 import posthog_errors
 import posthog_errors.rq
 from redis import Redis
 from rq import Queue, Retry
 
 queue = Queue(sys.argv[1], connection=Redis.from_url(os.environ["REDIS_URL"]))
-with posthog_errors.bind("user-42", session_id="s-1", properties={"plan": "pro"}):
+with (
+    posthog_errors.bind("user-42", session_id="s-1", properties={"plan": "pro"}),
+    posthog.new_context(fresh=True, capture_exceptions=False),
+):
+    posthog.tag("tenant", "acme")  # posthog-python's context tags travel in the meta too
     retried = queue.enqueue(app.always_fails, "A", retry=Retry(max=2))
     recovered = queue.enqueue(app.flaky, sys.argv[2], retry=Retry(max=2))
     once = queue.enqueue(app.fails_once, "B")
@@ -319,6 +325,7 @@ def test_a_jobs_final_failure_is_one_event_of_the_enqueuer(
     assert retried["distinct_id"] == "user-42"
     assert props["$session_id"] == "s-1"
     assert props["plan"] == "pro"
+    assert props["tenant"] == "acme"
     assert props["rq_job_func"] == "app.always_fails"
     assert props["rq_job_id"] == ids["retried"]
     assert props["rq_retries"] == 2
@@ -338,6 +345,7 @@ def test_a_jobs_final_failure_is_one_event_of_the_enqueuer(
     assert once["distinct_id"] == "user-42"
     assert once["properties"]["$session_id"] == "s-1"
     assert once["properties"]["plan"] == "pro"
+    assert once["properties"]["tenant"] == "acme"
     assert once["properties"]["rq_retries"] == 0
     assert once["properties"]["rq_job_func"] == "app.fails_once"
     assert "$exception_steps" not in once["properties"]
@@ -348,6 +356,7 @@ def test_a_jobs_final_failure_is_one_event_of_the_enqueuer(
     assert anonymous["distinct_id"] != "user-42"
     assert anonymous["properties"]["$process_person_profile"] is False
     assert "plan" not in anonymous["properties"]
+    assert "tenant" not in anonymous["properties"]
     assert "$session_id" not in anonymous["properties"]
 
 
@@ -385,7 +394,11 @@ def test_the_exception_handler_alone_reports_from_the_forked_horse(
     queue = Queue("handler", connection=connection)
     undo = posthog_errors.rq.instrument()
     try:
-        with posthog_errors.bind("user-42", session_id="s-1", properties={"plan": "pro"}):
+        with (
+            posthog_errors.bind("user-42", session_id="s-1", properties={"plan": "pro"}),
+            posthog.new_context(fresh=True, capture_exceptions=False),
+        ):
+            posthog.tag("tenant", "acme")
             retried = queue.enqueue("jobs.always_fails", "H", retry=Retry(max=1))
             recovered = queue.enqueue("jobs.flaky", str(tmp_path / "m"), retry=Retry(max=1))
     finally:
@@ -394,6 +407,7 @@ def test_the_exception_handler_alone_reports_from_the_forked_horse(
         "distinct_id": "user-42",
         "session_id": "s-1",
         "properties": {"plan": "pro"},
+        "tags": {"tenant": "acme"},
     }
     run_worker(
         [sys.executable, "-c", HANDLER_WORKER, "handler"],
@@ -409,6 +423,7 @@ def test_the_exception_handler_alone_reports_from_the_forked_horse(
     assert event["distinct_id"] == "user-42"
     assert props["$session_id"] == "s-1"
     assert props["plan"] == "pro"
+    assert props["tenant"] == "acme"
     assert props["$exception_source"] == "python.rq"
     assert props["rq_job_id"] == retried.id != recovered.id
     assert props["rq_queue"] == "handler"
@@ -441,6 +456,10 @@ def test_instrument_is_idempotent_and_undone(redis_url: str) -> None:  # noqa: F
             carried = Job.create(print, connection=connection)
             own = Job.create(print, connection=connection, meta={"posthog_errors": {"x": 1}})
         bare = Job.create(print, connection=connection)
+        with posthog.new_context(fresh=True, capture_exceptions=False):
+            posthog.tag("tenant", "acme")
+            posthog.tag("\x00", "a name that cleans to nothing: left out")
+            tagged = Job.create(print, connection=connection)
         first()
         assert Job.__dict__["create"] is patched  # the second call is still in place
     finally:
@@ -451,6 +470,7 @@ def test_instrument_is_idempotent_and_undone(redis_url: str) -> None:  # noqa: F
     assert isinstance(carried.meta["posthog_errors"]["properties"]["when"], str)  # JSON-safe
     assert own.meta["posthog_errors"] == {"x": 1}  # the app's own value is kept
     assert "posthog_errors" not in bare.meta  # nothing bound: nothing stored
+    assert tagged.meta["posthog_errors"] == {"tags": {"tenant": "acme"}}  # tags alone
     assert (
         Job.__dict__["create"],
         worker_class.perform_job,

@@ -657,3 +657,77 @@ def test_a_log_record_waits_only_if_sentry_makes_an_event_of_it(
     else:
         assert sentry_server.events == []
         assert "$sentry_event_id" not in props
+
+
+# -- Sentry's frames: line numbers and columns PostHog takes --------------------------------
+
+# Every value of a frame's lineno/colno that is not an unsigned 32-bit integer: PostHog's
+# legacy pipeline rejects an event with one, v2 never resolves that stack.
+BAD_NUMBERS: list[object] = [True, False, -1, 2**32, 2**64, 12.0, 1.5, "12", None, [3], {"n": 3}]
+
+
+def _sentry_frames() -> list[dict[str, object]]:
+    frames: list[dict[str, object]] = [
+        {"filename": "app/bad.py", "function": f"bad_{i}", "lineno": bad, "colno": bad}
+        for i, bad in enumerate(BAD_NUMBERS)
+    ]
+    frames.append({"filename": "app/good.py", "function": "edge", "lineno": 2**32 - 1, "colno": 0})
+    frames.append({"filename": "app/good.py", "function": "good", "lineno": 7, "colno": 3})
+    return frames
+
+
+def test_exception_list_drops_line_numbers_and_columns_that_are_not_u32() -> None:
+    from posthog_errors.integrations._sentry_events import exception_list
+
+    event = {
+        "exception": {
+            "values": [
+                {"type": "ValueError", "value": "bad", "stacktrace": {"frames": _sentry_frames()}}
+            ]
+        }
+    }
+    [entry] = exception_list(event)
+    frames = entry["stacktrace"]["frames"]
+    assert len(frames) == len(BAD_NUMBERS) + 2
+    for frame in frames[: len(BAD_NUMBERS)]:
+        assert frame["lineno"] is None, frame
+        assert "colno" not in frame, frame
+    assert (frames[-2]["lineno"], frames[-2]["colno"]) == (2**32 - 1, 0)
+    assert (frames[-1]["lineno"], frames[-1]["colno"]) == (7, 3)
+    # a frame that is not a dict is left out instead of failing the whole event
+    event["exception"]["values"][0]["stacktrace"]["frames"] = ["junk", _sentry_frames()[-1]]
+    assert [f["function"] for f in exception_list(event)[0]["stacktrace"]["frames"]] == ["good"]
+
+
+def test_bad_line_numbers_from_sentry_are_dropped_on_the_wire(
+    capture_server: CaptureServer, sentry_server: SentryServer, posthog_client: posthog.Posthog
+) -> None:
+    """An event with no live exception (re-sent, or built by hand) goes through
+    exception_list(): what reaches PostHog has only u32 line numbers and columns."""
+    with sentry_initialised(sentry_server.dsn, integrations=[PostHogIntegration(posthog_client)]):
+        sentry_sdk.capture_event(
+            {
+                "level": "error",
+                "exception": {
+                    "values": [
+                        {
+                            "type": "ValueError",
+                            "value": "bad frames",
+                            "mechanism": {"type": "generic", "handled": True},
+                            "stacktrace": {"frames": _sentry_frames()},
+                        }
+                    ]
+                },
+            }
+        )
+    sent = one_sentry_event(sentry_server)["exception"]["values"][0]["stacktrace"]["frames"]
+    assert [f.get("lineno") for f in sent[:2]] == [True, False]  # Sentry's side keeps them
+    props = one_posthog_event(capture_server)["properties"]
+    frames = props["$exception_list"][0]["stacktrace"]["frames"]
+    by_function = {frame["function"]: frame for frame in frames}
+    for index in range(len(BAD_NUMBERS)):
+        frame = by_function[f"bad_{index}"]
+        assert frame["lineno"] is None, frame
+        assert "colno" not in frame, frame
+    assert (by_function["edge"]["lineno"], by_function["edge"]["colno"]) == (2**32 - 1, 0)
+    assert (by_function["good"]["lineno"], by_function["good"]["colno"]) == (7, 3)

@@ -70,7 +70,8 @@ def exception_list(event: dict[str, Any]) -> list[dict[str, Any]]:
             "module": value.get("module") if isinstance(value.get("module"), str) else None,
             "mechanism": mechanism,
         }
-        frames = [_frame(f) for f in ((value.get("stacktrace") or {}).get("frames") or [])]
+        raw_frames = (value.get("stacktrace") or {}).get("frames") or []
+        frames = [_frame(f) for f in raw_frames if isinstance(f, dict)]
         if frames:
             entry["stacktrace"] = {"type": "raw", "frames": frames[-100:]}
         entries.append(entry)
@@ -100,16 +101,30 @@ def _frame(frame: dict[str, Any]) -> dict[str, Any]:
         value = frame.get(key)
         return [line for line in value if isinstance(line, str)] if isinstance(value, list) else []
 
-    lineno = frame.get("lineno")
-    return {
+    built: dict[str, Any] = {
         "platform": "python",
         "filename": text("filename") or text("abs_path") or "<unknown>",
         "abs_path": text("abs_path"),
         "function": text("function") or "<unknown>",
         "module": text("module"),
-        "lineno": lineno if isinstance(lineno, int) and lineno >= 0 else None,
+        "lineno": _u32(frame.get("lineno")),
         "pre_context": lines("pre_context"),
         "context_line": text("context_line"),
         "post_context": lines("post_context"),
         "in_app": frame.get("in_app") is True,
     }
+    colno = _u32(frame.get("colno"))
+    if colno is not None:
+        built["colno"] = colno
+    return built
+
+
+_U32 = 2**32
+
+
+def _u32(value: object) -> int | None:
+    """A line or column number as PostHog takes it, an unsigned 32-bit integer; anything
+    else Sentry's data may hold (``True``, ``-1``, ``2**32``, ``12.0``, ``"12"``) is
+    dropped: PostHog's legacy pipeline rejects the whole event for it, and v2 leaves the
+    stack unresolved."""
+    return value if type(value) is int and 0 <= value < _U32 else None

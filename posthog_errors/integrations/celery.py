@@ -10,8 +10,11 @@ properties of the enqueuing code into the message headers: ``X-POSTHOG-DISTINCT-
 ``X-POSTHOG-SESSION-ID``, the names posthog-python's own Celery integration uses, so a
 producer instrumented by either library is understood by a worker running the other; the
 bound properties in ``X-POSTHOG-ERRORS-PROPERTIES`` (a JSON string, whatever the task
-serializer). Each goes at the top level of the headers and in the nested ``headers``
-dict: a worker only sees the nested one as ``task.request.headers``
+serializer); posthog-python's context tags (``posthog.tag``) in its own
+``X-POSTHOG-CONTEXT-TAGS``, encoded as it encodes them, which ``task_prerun`` makes context
+tags of the task again (in a ``posthog.new_context``, as posthog-python's worker does).
+Each goes at the top level of the headers and in the nested ``headers`` dict: a worker only
+sees the nested one as ``task.request.headers``
 (https://github.com/celery/celery/issues/4875), and ``Task.retry()`` copies that nested
 dict to the top level of the retry's message. ``task_prerun`` binds them
 (:class:`posthog_errors.bind`) together with the task's ``celery_*`` properties, and
@@ -72,7 +75,14 @@ from posthog_errors import _context, _dedupe, _guard, _steps
 from posthog_errors._delivery import worker
 from posthog_errors._reporter import Reporter, default_reporter
 from posthog_errors._stats import STATS
-from posthog_errors.integrations._headers import clean_header_value
+from posthog_errors.integrations._headers import (
+    TAGS_HEADER,
+    apply_tags,
+    clean_header_value,
+    current_tags,
+    decode_tags,
+    encode_tags,
+)
 
 __all__ = [
     "ATTEMPTS_HEADER",
@@ -80,6 +90,7 @@ __all__ = [
     "MAX_ATTEMPTS",
     "PROPERTIES_HEADER",
     "SESSION_ID_HEADER",
+    "TAGS_HEADER",
     "TASK_PROPERTIES",
     "Instrumentation",
     "install_integration",
@@ -89,6 +100,7 @@ __all__ = [
 # posthog-python's header names (posthog/integrations/celery.py): mixed setups interoperate.
 DISTINCT_ID_HEADER = "X-POSTHOG-DISTINCT-ID"
 SESSION_ID_HEADER = "X-POSTHOG-SESSION-ID"
+# TAGS_HEADER, "X-POSTHOG-CONTEXT-TAGS": posthog.tag() context tags, JSON as posthog-python.
 # Ours: the enqueuer's bound properties, and the attempts that failed before this one.
 PROPERTIES_HEADER = "X-POSTHOG-ERRORS-PROPERTIES"
 ATTEMPTS_HEADER = "X-POSTHOG-ERRORS-ATTEMPTS"
@@ -131,6 +143,8 @@ class _Running:
     captured: bool = False
     # In a prefork child: the process's capture count when the task started.
     captured_before: int | None = None
+    # Undoes the posthog-python context that holds the carried context tags.
+    untag: Callable[[], None] | None = None
 
 
 # The task running in this context (nested for a task applied eagerly inside another).
@@ -229,6 +243,8 @@ class Instrumentation:
                 _add_attempt_step(attempt)
             binding.__enter__()
             running.token = _RUNNING.set(running)
+            # May raise (posthog's contexts): _postrun undoes whatever was entered.
+            running.untag = apply_tags(decode_tags(_header(request, TAGS_HEADER)))
         except Exception as error:
             _guard.internal_error(error)
 
@@ -294,6 +310,7 @@ class Instrumentation:
         while len(_unprepared) > _UNPREPARED_LIMIT:
             _unprepared.pop(next(iter(_unprepared)), None)
         carried = _carried_properties(_header(request, PROPERTIES_HEADER))
+        tags = decode_tags(_header(request, TAGS_HEADER))
         self._reporter().capture(
             exception,
             level="error",
@@ -302,7 +319,7 @@ class Instrumentation:
             source="python.celery",
             distinct_id=clean_header_value(_header(request, DISTINCT_ID_HEADER)),
             session_id=clean_header_value(_header(request, SESSION_ID_HEADER)),
-            properties={**carried, **properties},
+            properties={**tags, **carried, **properties},
         )
         if _in_pool_child():
             worker().flush(worker().shutdown_timeout)
@@ -314,7 +331,11 @@ class Instrumentation:
             if running is None or running.task_id != str(task_id):
                 return
             try:
-                running.binding.__exit__(None, None, None)
+                try:
+                    if running.untag is not None:
+                        running.untag()
+                finally:
+                    running.binding.__exit__(None, None, None)
             finally:
                 _steps.end_trail(running.trail)
                 if running.token is not None:
@@ -411,6 +432,9 @@ def _write_headers(headers: dict[str, Any]) -> None:
         values[DISTINCT_ID_HEADER] = distinct_id
     if session_id is not None:
         values[SESSION_ID_HEADER] = session_id
+    tags = encode_tags(current_tags())
+    if tags is not None:
+        values[TAGS_HEADER] = tags
     carried = {key: value for key, value in bound.items() if key not in TASK_PROPERTIES}
     if carried:
         text = json.dumps(carried, default=str)

@@ -5,8 +5,11 @@
 ``enqueue_many`` and a hand-made ``Job.create`` all go through it; a retry does not, so a
 retried job keeps its enqueuer). The distinct ID, session ID and bound properties of the
 enqueuing code (what an event captured there would carry) are stored in
-``job.meta["posthog_errors"]``, as plain JSON values, so that any serializer stores them.
-In the worker they are bound (``posthog_errors.bind``) while the job runs, so every event
+``job.meta["posthog_errors"]``, as plain JSON values, so that any serializer stores them,
+with posthog-python's context tags (``posthog.tag``) under ``"tags"`` (posthog-python has
+no RQ integration, so no convention of its own to follow).
+In the worker they are bound (``posthog_errors.bind``), and the tags made context tags
+again (in a ``posthog.new_context``), while the job runs, so every event
 of the job (its own ``logger.exception``, the final failure) is that person's, and a job
 that enqueues another job passes the person on. Nothing is stored when nothing is bound.
 
@@ -52,7 +55,13 @@ from posthog_errors._capture import flush as _flush
 from posthog_errors._delivery import worker
 from posthog_errors._log_message import mark_record_sent
 from posthog_errors._reporter import Reporter, default_reporter
-from posthog_errors.integrations._headers import clean_header_value
+from posthog_errors.integrations._headers import (
+    apply_tags,
+    clean_header_value,
+    clean_tags,
+    current_tags,
+    decode_tags,
+)
 
 __all__ = [
     "META_KEY",
@@ -120,6 +129,7 @@ class _Carried:
     session_id: str | None = None
     properties: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     attempts: tuple[dict[str, Any], ...] = ()
+    tags: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 _NOTHING = _Carried()
@@ -379,7 +389,8 @@ def _stamp(job: Any) -> None:
     """Store the enqueuing code's person in the job's meta (unless it already has one)."""
     distinct_id, session_id, properties = _context.resolve(None, None, None)
     plain = _plain_properties(properties)
-    if distinct_id is None and session_id is None and not plain:
+    tags = clean_tags(current_tags())
+    if distinct_id is None and session_id is None and not plain and not tags:
         return
     meta = getattr(job, "meta", None)
     if not isinstance(meta, dict) or META_KEY in meta:
@@ -391,6 +402,8 @@ def _stamp(job: Any) -> None:
         entry["session_id"] = session_id
     if plain:
         entry["properties"] = plain
+    if tags:
+        entry["tags"] = tags
     meta[META_KEY] = entry
 
 
@@ -431,6 +444,7 @@ def _carried(job: Any) -> _Carried:
         attempts=tuple(a for a in attempts if isinstance(a, dict))
         if isinstance(attempts, list)
         else (),
+        tags=decode_tags(entry.get("tags")),
     )
 
 
@@ -438,6 +452,7 @@ _Entered = tuple[
     _context.bind,
     tuple[contextvars.Token[Any], contextvars.Token[Any]],
     contextvars.Token[str | None],
+    Callable[[], None] | None,
 ]
 
 
@@ -453,11 +468,22 @@ def _enter_job(job: Any) -> _Entered:
     trail = _steps.start_trail()
     for attempt in carried.attempts:
         _steps._push(dict(attempt))
-    return binding, trail, _RUNNING.set(_job_id(job))
+    running = _RUNNING.set(_job_id(job))
+    try:
+        untag = apply_tags(carried.tags)
+    except Exception as error:  # posthog's contexts: the job runs untagged
+        _guard.internal_error(error)
+        untag = None
+    return binding, trail, running, untag
 
 
 def _leave_job(entered: _Entered) -> None:
-    binding, trail, running = entered
+    binding, trail, running, untag = entered
+    try:
+        if untag is not None:
+            untag()
+    except Exception as error:
+        _guard.internal_error(error)
     try:
         _RUNNING.reset(running)
         _steps.end_trail(trail)
@@ -489,6 +515,9 @@ def _report(reporter: Reporter, job: Any, exc_info: tuple[Any, ...], will_retry:
     properties = {**carried.properties, **_job_properties(job, len(carried.attempts))}
     # Instrumented, the job's trail already starts with its attempts (_enter_job).
     own_trail = _RUNNING.get() != _job_id(job)
+    if own_trail and carried.tags:
+        # Not running under _enter_job: no context holds the tags; below what is bound.
+        properties = {**carried.tags, **properties}
     trail = _steps.start_trail() if own_trail else None
     try:
         if trail is not None:
