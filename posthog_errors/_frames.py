@@ -1,7 +1,16 @@
 """Turning a frame reference into a PostHog frame dict, cached per code location.
 
-A frame dict depends only on (code object, line number) and the options, so it is built
-once and reused: the second failure at the same site costs a dict lookup. Source lines come
+A frame dict depends only on the code's file and function, the line number, the module
+name and the options, so it is built once per such location and reused: the second
+failure at the same site costs a dict lookup.
+
+**Keys are locations, never code objects.** CPython's code objects compare (and hash)
+equal when their code is the same, whatever file they come from: ``co_filename`` is not
+part of the comparison. Two modules with the same function at the same line (boilerplate,
+``__str__``, view mixins, generated code) have equal code objects, so a cache keyed by
+code object would label an event from ``beta_mod.py`` with ``alpha_mod.py``'s frame. Every
+cache here, and every site key elsewhere (:func:`site_key`), is keyed by the location's
+text instead. Source lines come
 from :mod:`linecache` (read and split once per file, shared with :mod:`traceback`), not from
 ``loader.get_source()`` per frame, which is where posthog-python spends half its time.
 """
@@ -20,7 +29,7 @@ from typing import Any
 
 from posthog_errors._options import PayloadOptions
 
-__all__ = ["FrameBuilder", "safe_text"]
+__all__ = ["FrameBuilder", "safe_text", "site_key"]
 
 _OWN_PACKAGE = __name__.partition(".")[0]
 _EXTERNAL_PATH = re.compile(r"[\\/](?:site|dist)-packages[\\/]")
@@ -40,6 +49,21 @@ def _stdlib_prefixes() -> tuple[str, ...]:
 
 
 _STDLIB_PREFIXES = _stdlib_prefixes()
+
+# (co_filename, co_name, line, module name): everything a frame dict is built from.
+_FrameKey = tuple[str, str, "int | None", "str | None"]
+
+
+def site_key(code: CodeType, lineno: int | None) -> tuple[str, str, int, int | None]:
+    """What tells one code location from every other: file, qualified name (the plain
+    name before Python 3.11, or for a stand-in code object), first line and line.
+
+    For keys that must never confuse two locations (rate limiting's failure site): the
+    code object itself would, as it compares equal to another file's identical code.
+    Strings and ints only, so a key keeps no code object (nor its module) alive.
+    """
+    name = getattr(code, "co_qualname", None) or code.co_name
+    return (code.co_filename, name, getattr(code, "co_firstlineno", 0), lineno)
 
 
 def safe_text(value: str, limit: int) -> str:
@@ -65,20 +89,23 @@ class FrameBuilder:
 
     def __init__(self, options: PayloadOptions) -> None:
         self.options = options
-        # (code, lineno) -> (frame dict, approximate JSON size). Entries are shared
-        # between events and must be treated as read-only.
-        self._cache: dict[tuple[CodeType, int | None], tuple[dict[str, Any], int]] = {}
-        self._in_app_cache: dict[CodeType, bool] = {}
+        # (file, function, line, module) -> (frame dict, approximate JSON size): exactly
+        # what ``_build`` reads, never the code object (see the module's docstring).
+        # Entries are shared between events and must be treated as read-only.
+        self._cache: dict[_FrameKey, tuple[dict[str, Any], int]] = {}
+        # (file, module) -> in_app: what ``_classify`` reads.
+        self._in_app_cache: dict[tuple[str, str | None], bool] = {}
         self._lock = threading.RLock()  # C-level, re-entrant: a signal handler may capture here
 
     def frame(
         self, code: CodeType, lineno: int | None, module: object
     ) -> tuple[dict[str, Any], int]:
-        key = (code, lineno)
+        name = module if isinstance(module, str) else None
+        key = (code.co_filename, code.co_name, lineno, name)
         cached = self._cache.get(key)
         if cached is not None:
             return cached
-        built = self._build(code, lineno, module if isinstance(module, str) else None)
+        built = self._build(code, lineno, name)
         with self._lock:
             if len(self._cache) >= _CACHE_LIMIT:
                 self._cache.clear()
@@ -148,7 +175,9 @@ class FrameBuilder:
 
     def in_app_code(self, code: CodeType, module: object) -> bool:
         """``in_app`` from the code object alone (for the caller's thread: cached)."""
-        cached = self._in_app_cache.get(code)
+        cached = self._in_app_cache.get(
+            (code.co_filename, module if isinstance(module, str) else None)
+        )
         if cached is not None:
             return cached
         raw_path = code.co_filename if isinstance(code.co_filename, str) else ""
@@ -157,10 +186,11 @@ class FrameBuilder:
         return self.in_app(code, abs_path, module if isinstance(module, str) else None)
 
     def in_app(self, code: CodeType, abs_path: str, module: str | None) -> bool:
-        cached = self._in_app_cache.get(code)
+        key = (code.co_filename, module)
+        cached = self._in_app_cache.get(key)
         if cached is None:
             cached = self._classify(abs_path, module)
-            self._in_app_cache[code] = cached
+            self._in_app_cache[key] = cached
             if len(self._in_app_cache) > _CACHE_LIMIT:
                 self._in_app_cache.clear()
         return cached

@@ -112,10 +112,12 @@ def raised_by_signal_handler(error: BaseException) -> bool:
 
     # No ``except`` here: another exception from a signal handler, arriving while this
     # looks, must reach the app too, not be taken for an answer.
-    handlers = {getattr(signal.getsignal(signum), "__code__", None) for signum in _valid_signals()}
-    handlers.discard(None)
+    handlers = [getattr(signal.getsignal(signum), "__code__", None) for signum in _valid_signals()]
+    # By identity (``handlers`` keeps them alive): a code object compares equal to another
+    # file's identical code, which is not a signal handler.
+    handler_ids = {id(code) for code in handlers if code is not None}
     while tb is not None:
-        if tb.tb_frame.f_code in handlers:
+        if id(tb.tb_frame.f_code) in handler_ids:
             return True
         tb = tb.tb_next
     return False

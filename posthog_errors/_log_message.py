@@ -1,18 +1,24 @@
 """What the logging doors share for message-only events, and for not sending one twice.
 
 A log record without an exception still becomes an ``$exception`` event: one synthetic entry
-whose stack is the logging call site (logging's and structlog's own frames removed), and rate
-limited per call site (so f-string messages from one line share one budget).
+whose stack is the logging call site, one frame (:func:`call_site`), and rate limited per
+call site (so f-string messages from one line share one budget).
 
 **Grouping.** PostHog groups it, not us: no ``$exception_fingerprint`` is sent unless the
-user set one (a manual fingerprint overrides the team's grouping rules). The server hashes
-each entry's ``type`` and its in-app frames' file, module and function, so the synthetic
+user set one (a manual fingerprint overrides the team's grouping rules). The synthetic
 entry's type carries what must tell issues apart: ``LogMessage[<digest>]``, the digest of
 the logger name and the **unformatted** template (:func:`fingerprint`, the
 ``logger:template`` text that was the manual fingerprint before, and is still the rate
-limit's key). One template from one logger is then one issue per in-app call path,
-whatever the arguments (line numbers never count); another template or logger is another
-issue. The issue gets a readable ``$issue_name``, ``logger: template`` (:func:`issue_name`).
+limit's key). The server hashes it with frames: under fingerprint V1 the in-app frames
+(or the first frame when none is), under V2, which creates new issues, **every** frame,
+framework or not. A log call's stack is whatever path reached it (another worker loop,
+another route dispatcher), so the stack sent is the call site alone: the frame of the
+logging call, which both versions hash the same way whatever led to it. One template from
+one logger at one call site is then one issue, under V1 and V2, whatever the arguments
+and the call path (line numbers never count); another template or logger is another issue.
+The issue gets a readable ``$issue_name``, ``logger: template`` (:func:`issue_name`), and
+the template as its ``$issue_description`` (:func:`issue_description`), not the text of
+its first occurrence.
 
 Everything here costs the caller a bounded amount, whatever the size of the message: a
 huge template is hashed by its head and length, and messages are compared by their heads.
@@ -35,12 +41,15 @@ from typing import Any
 from posthog_errors._snapshot import FrameRef, frames_from_stack
 
 __all__ = [
+    "DESCRIPTION_CHARS",
     "ISSUE_NAME_BYTES",
     "TEXT_HEAD",
     "MessageGroup",
+    "call_site",
     "call_site_frames",
     "fingerprint",
     "group_digest",
+    "issue_description",
     "issue_name",
     "mark_record_sent",
     "mark_structlog_message",
@@ -64,6 +73,9 @@ _VERBATIM = 200
 # longer one is always cut, and marked.
 ISSUE_NAME_BYTES = 255
 _NAME_HEAD = 2 * ISSUE_NAME_BYTES
+# At most this many characters of ``$issue_description`` (a template's head, marked, then
+# redacted: a redaction mark may be longer than what it replaces).
+DESCRIPTION_CHARS = 1024
 
 # (id of the structlog event dict, comparable head of the formatted message) of the message
 # the structlog processor just sent in this context; the stdlib handler in the same call
@@ -85,6 +97,7 @@ class MessageGroup(str):
 
     logger_name: str
     template_head: str  # the template's first _NAME_HEAD characters
+    template_length: int  # the whole template's, to mark a cut head
 
 
 def fingerprint(logger_name: str, template: str) -> MessageGroup:
@@ -112,6 +125,7 @@ def fingerprint(logger_name: str, template: str) -> MessageGroup:
         group = MessageGroup(f"{logger_name}:{template[:100]}...{digest}")
     group.logger_name = logger_name
     group.template_head = template[:_NAME_HEAD]
+    group.template_length = length
     return group
 
 
@@ -128,6 +142,16 @@ def issue_name(logger_name: str, text: str) -> str:
     head = text[:_NAME_HEAD] + ("..." if len(text) > _NAME_HEAD else "")
     name = f"{logger_name[:_NAME_HEAD]}: {head}" if logger_name else head
     return " ".join(name.split())
+
+
+def issue_description(group: MessageGroup) -> str:
+    """The template, for ``$issue_description``: what the issue is about, where PostHog's
+    default would be the formatted text of its first occurrence (user data: an order ID,
+    an e-mail address). Its first ``_NAME_HEAD`` characters, marked when cut; line breaks
+    kept. Not yet redacted."""
+    head = group.template_head
+    cut = getattr(group, "template_length", len(head)) > len(head)
+    return head + "..." if cut else head
 
 
 def message_rate_key(
@@ -155,10 +179,24 @@ def message_rate_key(
     return fallback
 
 
+def call_site(frames: tuple[FrameRef, ...]) -> tuple[FrameRef, ...]:
+    """The stack a message-only event is sent with: its innermost frame, the logging call.
+
+    Fingerprint V2 hashes every frame of the stack, in-app or not, so any frame that
+    depends on how the call was reached (a worker loop, a route dispatcher, a signal
+    dispatcher, the app's own helpers) would make one log template several issues. The
+    logging call's own frame is the same whatever the path: it shows where the message
+    was logged (file, function, line and source), and V1 (in-app frames, else the first
+    one) and V2 (every frame) hash it alike. The path that led there is what is given up.
+    """
+    return frames[-1:]
+
+
 def call_site_frames(max_frames: int) -> tuple[tuple[FrameRef, ...], int]:
-    """The stack of the logging call, without logging's, structlog's, sentry-sdk's or our
-    frames."""
-    return frames_from_stack(sys._getframe(1), max_frames, _is_logging_module)
+    """The logging call's frame (see :func:`call_site`): the innermost of the stack
+    without logging's, structlog's, sentry-sdk's or our frames. Never any omitted."""
+    frames, _ = frames_from_stack(sys._getframe(1), max_frames, _is_logging_module)
+    return call_site(frames), 0
 
 
 # Frames between the app's logging call and a handler: logging and structlog themselves,

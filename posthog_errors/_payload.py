@@ -39,7 +39,15 @@ from typing import Any
 from posthog_errors._code_variables import VariableBudget, int_text, serialize_locals
 from posthog_errors._conform import MAX_VALUE_BYTES, cut_utf8, sanitize_typed_keys
 from posthog_errors._frames import FrameBuilder, safe_text
-from posthog_errors._log_message import ISSUE_NAME_BYTES, MessageGroup, group_digest, issue_name
+from posthog_errors._log_message import (
+    DESCRIPTION_CHARS,
+    ISSUE_NAME_BYTES,
+    MessageGroup,
+    call_site,
+    group_digest,
+    issue_description,
+    issue_name,
+)
 from posthog_errors._options import PayloadOptions, as_names
 from posthog_errors._snapshot import EventSnapshot, ExceptionSnapshot, walk_exceptions
 from posthog_errors._steps import render as render_steps
@@ -276,9 +284,11 @@ def _exception_entry(
         "mechanism": _mechanism(entry, snapshot),
     }
     size = 200 + len(text) + len(result["type"]) + len(module or "")
-    if entry.frames:
+    # A message's stack is its call site alone, whichever door took it (see ``call_site``).
+    refs = call_site(entry.frames) if entry.is_message else entry.frames
+    if refs:
         frames = []
-        for code, lineno, frame_module in entry.frames:
+        for code, lineno, frame_module in refs:
             cached, frame_size = builder.frame(code, lineno, frame_module)
             # A copy unless shared: the cached dict is used by every event from this line,
             # and a before_send that scrubs frames must not change the next event.
@@ -435,10 +445,10 @@ def _message_issue(
     Its automatic group (a ``MessageGroup``, see ``_log_message``) is never sent as
     ``$exception_fingerprint``, which would override the team's grouping rules: the
     synthetic entry's ``type`` carries the group's digest instead, which PostHog hashes with
-    the in-app frames of the call site. A plain string is the user's own, and is sent. The
-    issue's name is ``logger: template`` (or, with the user's fingerprint, ``logger:
-    message``), redacted and cut to the server's 255 bytes; its description is left to the
-    server's default, the first event's value: the formatted message.
+    the call site's frame. A plain string is the user's own, and is sent. The issue's name
+    is ``logger: template`` (or, with the user's fingerprint, ``logger: message``), redacted
+    and cut to the server's 255 bytes; its description the template, redacted (with the
+    user's fingerprint, no template is known: the server's default, the first value).
     """
     if isinstance(fingerprint, MessageGroup):
         group_text = str.__str__(fingerprint)
@@ -446,6 +456,11 @@ def _message_issue(
             group_text = redactor.fingerprint(group_text)
         entry["type"] = f"{MESSAGE_TYPE}[{group_digest(group_text)}]"
         name = issue_name(fingerprint.logger_name, fingerprint.template_head)
+        if "$issue_description" not in properties:
+            description = issue_description(fingerprint)
+            if redactor is not None:
+                description = redactor.text(description, DESCRIPTION_CHARS)
+            properties["$issue_description"] = safe_text(description, DESCRIPTION_CHARS)
         fingerprint = None
     else:
         logger = properties.get("logger")

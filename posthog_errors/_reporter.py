@@ -62,7 +62,7 @@ from posthog_errors._conform import (
     warn_once,
 )
 from posthog_errors._delivery import worker
-from posthog_errors._frames import FrameBuilder
+from posthog_errors._frames import FrameBuilder, site_key
 from posthog_errors._options import PayloadOptions, as_names
 from posthog_errors._payload import LEVELS, MESSAGE_TYPE, build_properties_sized, json_size
 from posthog_errors._redact import compile_patterns, key_words
@@ -695,13 +695,17 @@ def _rate_limited(key: Callable[[], Hashable]) -> bool:
 
 
 def _failure_site(exc: BaseException) -> tuple[object, ...]:
-    """What rate limiting groups by when no fingerprint is given: type and raising line."""
+    """What rate limiting groups by when no fingerprint is given: type and raising line.
+
+    The line as a location (file, function, line: :func:`site_key`), never the code
+    object, which compares equal to another file's identical code: two modules failing
+    at the same line of the same function would share one budget."""
     tb = exc.__traceback__
     if tb is None:
         return (type(exc),)
     while tb.tb_next is not None:
         tb = tb.tb_next
-    return (type(exc), tb.tb_frame.f_code, tb.tb_lineno)
+    return (type(exc), *site_key(tb.tb_frame.f_code, tb.tb_lineno))
 
 
 def _exception_types(value: Iterable[type[BaseException]]) -> tuple[type[BaseException], ...]:
