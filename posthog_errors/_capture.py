@@ -54,7 +54,7 @@ def capture_exception(
         level=level,
         handled=True,
         mechanism="generic",
-        source="python.manual",
+        source=None,  # the spec: a manual capture sends no $exception_source
         distinct_id=distinct_id,
         properties=properties,
         fingerprint=fingerprint,

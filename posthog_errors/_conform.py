@@ -15,7 +15,9 @@ hook may change anything, so:
   encodable strings cut at :data:`MAX_VALUE_BYTES` and whose ``lineno``/``colno`` are
   unsigned 32-bit integers or null;
 * :func:`conform_after_hook` applies both, plus the nesting bound, to what ``before_send``
-  returned.
+  returned, and removes the keys PostHog's ingestion owns (``$exception_fingerprint_version``,
+  ``$exception_release``); an ``$exception_source`` it set must have the spec's
+  ``<technology>.<hook>`` form.
 
 Bad user input is never an internal error: each kind is logged once per process on the
 ``posthog_errors`` logger (:func:`bad_input`) and counted in ``invalid_input`` every time.
@@ -29,6 +31,7 @@ import uuid
 from typing import Any
 
 from posthog_errors._frames import safe_text
+from posthog_errors._mechanisms import PROCESSOR_OWNED, is_source_name
 from posthog_errors._stats import STATS
 
 __all__ = [
@@ -364,7 +367,7 @@ def conform_after_hook(returned: dict[str, Any], built: dict[str, Any]) -> dict[
     properties["$exception_list"] = entries
     for key, valid in (
         ("$exception_level", lambda v: v in ("fatal", "error", "warning", "log", "info", "debug")),
-        ("$exception_source", lambda v: isinstance(v, str)),
+        ("$exception_source", is_source_name),
         ("$exception_handled", lambda v: isinstance(v, bool)),
     ):
         if key in properties and not _safely(valid, properties[key]):
@@ -377,6 +380,8 @@ def conform_after_hook(returned: dict[str, Any], built: dict[str, Any]) -> dict[
                 properties[key] = built[key]
             else:
                 del properties[key]
+    for key in PROCESSOR_OWNED.intersection(properties):
+        del properties[key]  # PostHog's ingestion derives these; an SDK never sends them
     sanitize_typed_keys(properties)
     return properties
 

@@ -127,7 +127,7 @@ def install_threading_excepthook(reporter: Reporter, *, capture_exits: bool = Fa
                     args.exc_value,
                     level="error",
                     handled=False,
-                    mechanism="threading",
+                    mechanism="onuncaughtexception",
                     source="python.threading_excepthook",
                     properties={"thread_name": thread.name} if thread is not None else None,
                 )
@@ -157,8 +157,8 @@ def install_unraisablehook(reporter: Reporter) -> Restore:
                     exc,
                     level="error",
                     handled=False,
-                    mechanism="unraisablehook",
-                    source="python.unraisablehook",
+                    mechanism="onuncaughtexception",
+                    source="python.sys_unraisablehook",
                     properties=_unraisable_properties(unraisable),
                 )
         finally:
@@ -204,8 +204,8 @@ def install_asyncio_hook(reporter: Reporter) -> Restore:
                     exc,
                     level="error",
                     handled=False,
-                    mechanism="asyncio",
-                    source="python.asyncio",
+                    mechanism="onuncaughtexception",
+                    source="python.asyncio_exception_handler",
                     properties={"asyncio_message": str(context.get("message") or "")},
                 )
         finally:
@@ -251,8 +251,8 @@ def install_process_hook(reporter: Reporter, *, capture_exits: bool = False) -> 
                             exc,
                             level="fatal",
                             handled=False,
-                            mechanism="multiprocessing",
-                            source="python.multiprocessing",
+                            mechanism="onuncaughtexception",
+                            source="python.multiprocessing_process",
                             properties={"process_name": str(self.name)[:200]},
                         )
                     raise
@@ -366,7 +366,7 @@ def install_exit_hook(reporter: Reporter) -> Restore:
                     exit,
                     level="fatal",
                     handled=False,
-                    mechanism="sys.exit",
+                    mechanism="onuncaughtexception",
                     source="python.sys_exit",
                     properties={"exit_code": _exit_code(exit.code)},
                 )

@@ -110,6 +110,8 @@ def install(
     steps: bool = True,
     steps_levels: str | int | Iterable[str | int] = ("info", "warning"),
     release: str | None = None,
+    environment: str | None = None,
+    service: str | None = None,
     celery: bool = True,
     rq: bool = True,
     loguru: bool = True,
@@ -135,10 +137,14 @@ def install(
     ``steps`` keeps the records below the allow list at ``steps_levels`` (INFO and WARNING)
     as the context's exception steps, sent with its next ``$exception`` (``add_step()``
     adds your own). ``release`` is sent as ``$release_id`` (default: the
-    ``POSTHOG_RELEASE_ID`` environment variable). ``celery``, ``rq`` and ``loguru`` turn
-    on those integrations when the app imports the library (now, or later): a task's or
-    job's final failure with the person who enqueued it, and loguru's records (a sink with
-    the same ``levels`` and steps, only with ``logs``); false leaves one off.
+    ``POSTHOG_RELEASE_ID`` environment variable). ``environment`` and ``service`` are sent
+    as the ``environment`` and ``service`` properties of every event, the names PostHog's
+    own apps use (defaults: ``POSTHOG_ENVIRONMENT``; ``POSTHOG_SERVICE``, else
+    ``OTEL_SERVICE_NAME``); the doors that follow ``install()`` send them too. ``celery``,
+    ``rq`` and ``loguru`` turn on those integrations when the app imports the library
+    (now, or later): a task's or job's final failure with the person who enqueued it, and
+    loguru's records (a sink with the same ``levels`` and steps, only with ``logs``); false
+    leaves one off.
     ``flush_on_signals`` flushes, within ``shutdown_timeout``, before ``SIGTERM``,
     ``SIGHUP`` or ``SIGINT`` ends the process at its default disposition (uvicorn's re-raise
     too); the process still ends by that signal, with the same exit status.
@@ -173,6 +179,8 @@ def install(
             redact_patterns=redact_patterns,
             capture_code_variables=capture_code_variables,
             release=release,
+            environment=environment,
+            service=service,
         )
         handler = (
             PostHogHandler(

@@ -14,7 +14,18 @@ from collections.abc import Iterable
 
 from posthog_errors._redact import Redactor, compile_patterns, key_words
 
-__all__ = ["PayloadOptions", "as_names"]
+__all__ = ["ENVIRONMENT_VARIABLES", "PayloadOptions", "as_names"]
+
+# Where each of these options comes from when not given: the first variable set (and not
+# blank). ``release`` as posthog-python reads it; ``service`` falls back to OpenTelemetry's
+# standard variable, which PostHog's own apps set their ``service`` from.
+ENVIRONMENT_VARIABLES: dict[str, tuple[str, ...]] = {
+    "release": ("POSTHOG_RELEASE_ID",),
+    "environment": ("POSTHOG_ENVIRONMENT",),
+    "service": ("POSTHOG_SERVICE", "OTEL_SERVICE_NAME"),
+}
+# A name, not a text: longer is a mistake (a value pasted in the wrong option).
+_MAX_NAME = 200
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,12 +64,21 @@ class PayloadOptions:
     code_variables_budget: int = 16 * 1024
     # Sent as $release_id (an explicit property wins); POSTHOG_RELEASE_ID when not given.
     release: str | None = None
+    # Sent as ``environment`` and ``service`` on every event (an explicit property wins),
+    # the names PostHog's own apps send them under (see ENVIRONMENT_VARIABLES for the
+    # environment variables read when not given).
+    environment: str | None = None
+    service: str | None = None
 
     def __post_init__(self) -> None:
-        if self.release is not None and not isinstance(self.release, str):
-            raise TypeError(f"release must be a string or None, got {self.release!r}")
-        release = self.release or os.environ.get("POSTHOG_RELEASE_ID") or None
-        object.__setattr__(self, "release", release)
+        for name, variables in ENVIRONMENT_VARIABLES.items():
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"{name} must be a string or None, got {value!r}")
+            value = (value or "").strip() or _from_environment(variables)
+            if name != "release" and value is not None and len(value) > _MAX_NAME:
+                raise ValueError(f"{name} must be at most {_MAX_NAME} characters, got {value!r}")
+            object.__setattr__(self, name, value)
         object.__setattr__(self, "in_app_include", _modules("in_app_include", self.in_app_include))
         object.__setattr__(self, "in_app_exclude", _modules("in_app_exclude", self.in_app_exclude))
         if self.project_root is not None:
@@ -93,6 +113,14 @@ class PayloadOptions:
     def snapshot_value_length(self) -> int:
         """Characters of a value kept on the caller's thread: room to redact, then cut."""
         return 2 * self.max_value_length if self.redact_secrets else self.max_value_length
+
+
+def _from_environment(variables: tuple[str, ...]) -> str | None:
+    for variable in variables:
+        value = os.environ.get(variable, "").strip()
+        if value:
+            return value
+    return None
 
 
 def as_names(value: Iterable[str] | str | None) -> tuple[str, ...]:

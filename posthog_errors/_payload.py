@@ -48,6 +48,7 @@ from posthog_errors._log_message import (
     issue_description,
     issue_name,
 )
+from posthog_errors._mechanisms import PROCESSOR_OWNED
 from posthog_errors._options import PayloadOptions, as_names
 from posthog_errors._snapshot import EventSnapshot, ExceptionSnapshot, walk_exceptions
 from posthog_errors._steps import render as render_steps
@@ -73,10 +74,13 @@ _MAX_PROPERTIES = 100
 _MAX_PROPERTY_DEPTH = 8
 _MAX_PROPERTY_TEXT = 1024
 
-# Keys the payload owns; user properties cannot overwrite them. ``$exception_fingerprint``
-# is deliberately absent: setting a custom fingerprint is a documented use.
-_RESERVED = frozenset(
-    {"$exception_list", "$exception_level", "$exception_source", "$exception_handled"}
+# Keys the payload owns; user properties cannot overwrite them (a manual capture has no
+# ``$exception_source``, and a user's cannot impersonate an integration's), nor set the
+# keys PostHog's ingestion derives itself. ``$exception_fingerprint`` is deliberately
+# absent: setting a custom fingerprint is a documented use.
+_RESERVED = (
+    frozenset({"$exception_list", "$exception_level", "$exception_source", "$exception_handled"})
+    | PROCESSOR_OWNED
 )
 # Properties the payload sets itself: never cut to fit the size budget.
 _OWN = _RESERVED | {"$exception_fingerprint", "$session_id"}
@@ -113,7 +117,7 @@ def exception_properties(
     level: str = "error",
     handled: bool = True,
     mechanism: str = "generic",
-    source: str = "python.manual",
+    source: str | None = None,
     in_app_include: Iterable[str] = (),
     in_app_exclude: Iterable[str] = (),
     project_root: str | None = None,
@@ -123,8 +127,10 @@ def exception_properties(
     """The ``$exception`` properties for ``exc``, as this library would send them.
 
     Pure: no network, no client, no global state touched. Useful to inspect or test what
-    PostHog will receive. Bad options raise ``ValueError``/``TypeError``; a bad exception
-    never makes it raise.
+    PostHog will receive. ``mechanism`` is the category of ``mechanism.type`` and
+    ``source`` the ``$exception_source`` (omitted when None, as for a manual capture); see
+    PostHog's SDK event spec for both. Bad options raise ``ValueError``/``TypeError``; a
+    bad exception never makes it raise.
     """
     options = _options(
         as_names(in_app_include),
@@ -222,6 +228,11 @@ def build_properties_sized(
             added["$exception_steps"] = steps
     if options.release and not (user and "$release_id" in user):
         added["$release_id"] = options.release
+    # Under the names PostHog's own apps send them (an explicit property wins).
+    if options.environment and not (user and "environment" in user):
+        added["environment"] = options.environment
+    if options.service and not (user and "service" in user):
+        added["service"] = options.service
     if added:
         user = {**user, **added} if user else added
     if user and redactor is not None:
@@ -233,7 +244,8 @@ def build_properties_sized(
     for key in _RESERVED.intersection(properties):
         del properties[key]
     properties["$exception_level"] = snapshot.level
-    properties["$exception_source"] = snapshot.source
+    if snapshot.source is not None:
+        properties["$exception_source"] = snapshot.source
     properties["$exception_handled"] = snapshot.handled
     fingerprint = snapshot.fingerprint
     if snapshot.exceptions and snapshot.exceptions[0].is_message and entries:
@@ -340,8 +352,9 @@ def _mechanism(entry: ExceptionSnapshot, snapshot: EventSnapshot) -> dict[str, A
             "synthetic": synthetic,
             "exception_id": entry.exception_id,
             "parent_id": entry.parent_id,
-            "source": entry.relation or "context",
         }
+        if entry.relation:  # an unknown relationship is omitted, never guessed
+            mechanism["source"] = entry.relation
     if entry.is_group:
         mechanism["is_exception_group"] = True
     return mechanism

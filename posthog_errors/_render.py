@@ -8,7 +8,18 @@ from __future__ import annotations
 import os
 from typing import Any, TextIO
 
-__all__ = ["Style", "fingerprint_of", "render_event"]
+__all__ = ["Style", "door_of", "fingerprint_of", "render_event"]
+
+# How an event without ``$exception_source`` is shown: PostHog's SDK event spec has a manual
+# capture (``capture_exception``) send none.
+MANUAL = "manual capture"
+
+
+def door_of(properties: dict[str, Any]) -> str:
+    """The door an event came through, as shown: its ``$exception_source``, or
+    :data:`MANUAL`."""
+    source = properties.get("$exception_source")
+    return source if isinstance(source, str) and source else MANUAL
 
 
 class Style:
@@ -51,7 +62,8 @@ def render_event(event: dict[str, Any], style: Style, *, max_frames: int = 3) ->
         style.bold(style.red(f"{root.get('type', '?')}: {root.get('value', '')}")),
         style.dim(
             f"  level={props.get('$exception_level')}  {who}  "
-            f"source={props.get('$exception_source')}  handled={props.get('$exception_handled')}"
+            f"source={door_of(props)}  mechanism={(root.get('mechanism') or {}).get('type')}  "
+            f"handled={props.get('$exception_handled')}"
         ),
     ]
     for key in ("$session_id", "$exception_fingerprint", "$sentry_event_id"):
@@ -59,7 +71,7 @@ def render_event(event: dict[str, Any], style: Style, *, max_frames: int = 3) ->
             lines.append(style.dim(f"  {key.lstrip('$')}={props[key]}"))
     for index, entry in enumerate(exceptions):
         if index:
-            relation = (entry.get("mechanism") or {}).get("source", "context")
+            relation = (entry.get("mechanism") or {}).get("source", "nested")
             lines.append(f"  {relation}: {entry.get('type')}: {entry.get('value')}")
         frames = (entry.get("stacktrace") or {}).get("frames") or []
         shown = [f for f in frames if f.get("in_app")][-max_frames:]

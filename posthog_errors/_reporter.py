@@ -125,7 +125,7 @@ class EventFields:
     level: str
     handled: bool
     mechanism: str
-    source: str
+    source: str | None
     distinct_id: Any
     session_id: Any
     properties: dict[str, Any] | None
@@ -157,6 +157,8 @@ class Reporter:
         redact_patterns: Iterable[str | re.Pattern[str]] = (),
         capture_code_variables: bool = False,
         release: str | None = None,
+        environment: str | None = None,
+        service: str | None = None,
     ) -> None:
         self.client_source = ClientSource(
             client, api_key=api_key, host=host, fallback=self._installed_client
@@ -171,6 +173,8 @@ class Reporter:
             redact_patterns=compile_patterns(redact_patterns),
             capture_code_variables=bool(capture_code_variables),
             release=release,
+            environment=environment,
+            service=service,
         )
         self.frames = FrameBuilder(self.options)
         # A message is kept longer than it is sent: redacted on the worker, then cut.
@@ -203,7 +207,7 @@ class Reporter:
         level: str = "error",
         handled: bool = True,
         mechanism: str = "generic",
-        source: str = "python.manual",
+        source: str | None = None,
         distinct_id: Any = None,
         session_id: Any = None,
         properties: dict[str, Any] | None = None,
@@ -230,8 +234,8 @@ class Reporter:
         frames: tuple[FrameRef, ...],
         frames_omitted: int = 0,
         level: str = "error",
-        mechanism: str = "logging",
-        source: str = "python.logging",
+        mechanism: str = "logger",
+        source: str | None = "python.logging",
         distinct_id: Any = None,
         session_id: Any = None,
         properties: dict[str, Any] | None = None,
@@ -264,7 +268,7 @@ class Reporter:
         level: str = "error",
         handled: bool = True,
         mechanism: str = "generic",
-        source: str = "python.manual",
+        source: str | None = None,
         distinct_id: Any = None,
         session_id: Any = None,
         properties: dict[str, Any] | None = None,

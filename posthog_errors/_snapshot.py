@@ -99,7 +99,7 @@ class EventSnapshot:
     level: str
     handled: bool
     mechanism: str
-    source: str
+    source: str | None  # $exception_source; None for a manual capture (sent without one)
     distinct_id: str | None = None
     session_id: str | None = None
     properties: dict[str, Any] | None = None

@@ -19,7 +19,7 @@ from typing import Any, TextIO
 import posthog
 
 import posthog_errors
-from posthog_errors._render import Style, render_event
+from posthog_errors._render import Style, door_of, render_event
 from posthog_errors.capture_server import CaptureServer
 
 __all__ = ["crash_in_child", "run_demo"]
@@ -178,14 +178,14 @@ def run_demo(*, as_json: bool = False, out: TextIO | None = None) -> int:
         json.dump(events, out, indent=2)
         out.write("\n")
         return 0 if len(events) >= expected else 1
-    sources = sorted({e["properties"].get("$exception_source", "?") for e in events})
+    sources = sorted({door_of(e["properties"]) for e in events})
     out.write(
         style.bold(
             f"PostHog received {len(events)} $exception events at {server.url}, "
             f"from {len(sources)} doors: {', '.join(sources)}\n\n"
         )
     )
-    for event in sorted(events, key=lambda e: str(e["properties"].get("$exception_source"))):
+    for event in sorted(events, key=lambda e: door_of(e["properties"])):
         out.write(render_event(event, style) + "\n\n")
     if not with_structlog:
         out.write(style.dim("(structlog is not installed: its door was skipped)\n"))

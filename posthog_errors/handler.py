@@ -61,7 +61,8 @@ class PostHogHandler(logging.Handler):
     ``$exception_fingerprint`` unless the record's ``extra`` sets one) unless
     ``capture_messages`` is false. Records below ``levels`` at ``steps_levels`` become
     exception steps of the current context (``steps=False``: off); ``release`` is sent as
-    ``$release_id``. A message is rate
+    ``$release_id``, ``environment`` and ``service`` as those properties (see
+    :func:`posthog_errors.install`). A message is rate
     limited by its call site (and its template, when it has arguments), so f-string messages
     from one line share one budget. ``levels`` is an allow list, not a threshold:
     ``["debug", "error"]`` sends DEBUG and ERROR records only. ``redact_secrets``,
@@ -87,6 +88,8 @@ class PostHogHandler(logging.Handler):
         redact_keys: Iterable[str] | str = (),
         redact_patterns: Iterable[str] | str = (),
         release: str | None = None,
+        environment: str | None = None,
+        service: str | None = None,
         steps: bool | str = True,
         steps_levels: str | int | Iterable[str | int] = ("info", "warning"),
         reporter: Reporter | None = None,
@@ -118,6 +121,8 @@ class PostHogHandler(logging.Handler):
                 redact_keys=redact_keys,  # a single name or regex from a config file: one
                 redact_patterns=redact_patterns,
                 release=release,
+                environment=environment,
+                service=service,
             )
         self.reporter = reporter
 
@@ -216,7 +221,7 @@ class PostHogHandler(logging.Handler):
                 exc,
                 level=level,
                 handled=True,
-                mechanism="logging",
+                mechanism="logger",
                 source="python.logging",
                 distinct_id=distinct_id,
                 session_id=session_id,
@@ -261,7 +266,7 @@ class PostHogHandler(logging.Handler):
             site = root.frames[-1] if root.frames else None
             rate_key = (root.type_name, site[0].co_filename, site[1]) if site else root.type_name
             fields = EventFields(
-                level, True, "logging", "python.logging", distinct_id, session_id, properties, None
+                level, True, "logger", "python.logging", distinct_id, session_id, properties, None
             )
             reporter = self.reporter
             reporter._guarded(reporter._capture_entries, entries, fields, rate_key)

@@ -11,28 +11,54 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 import uuid
 from typing import Any
 
 LEVELS = {"fatal", "error", "warning", "log", "info", "debug"}
-SOURCES = {
-    "python.logging",
-    "python.celery",
-    "python.rq",
-    "python.loguru",
-    "python.structlog",
+# PostHog's SDK event spec (PostHog/sdk-specs exception-event-metadata), written out here
+# rather than imported, so that the check does not take the library's word for it.
+# The outermost entry's mechanism.type: a category, never the technology.
+MECHANISM_CATEGORIES = {
+    "generic",
+    "logger",
+    "onconsole",
+    "onuncaughtexception",
+    "onunhandledrejection",
+    "middleware",
+    "task",
+    "panic",
+    "signal",
+    "crash_reporter",
+}
+# $exception_source: the spec's canonical names for Python's hooks and frameworks, and this
+# project's own, each `<technology>.<hook>`. A manual capture sends none.
+CANONICAL_SOURCES = {
     "python.sys_excepthook",
     "python.threading_excepthook",
-    "python.asyncio",
-    "python.unraisablehook",
-    "python.sys_exit",
-    "python.multiprocessing",
-    "python.manual",
-    "python.asgi",
-    "python.wsgi",
-    "python.django",
-    "sentry",
+    "django.middleware",
+    "fastapi.exception_handler",
+    "celery.task_failure",
 }
+SOURCES = CANONICAL_SOURCES | {
+    "python.logging",
+    "structlog.processor",
+    "loguru.sink",
+    "python.sys_unraisablehook",
+    "python.asyncio_exception_handler",
+    "python.multiprocessing_process",
+    "python.sys_exit",
+    "rq.exception_handler",
+    "asgi.middleware",
+    "wsgi.middleware",
+    "flask.got_request_exception",
+    "sentry.event_processor",
+}
+SOURCE_FORM = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+")
+# A nested entry's relationship, when known (an unknown one is omitted).
+RELATIONS = {"cause", "context", "unwrap", "member", "suppressed", "inner"}
+# PostHog's ingestion derives these: an SDK never sends them.
+PROCESSOR_OWNED = ("$exception_fingerprint_version", "$exception_release")
 MAX_EVENT_BYTES = 900 * 1024
 # The server rejects JSON nested deeper than about 64 levels, counted from the request
 # body, where ``{"batch": [event]}`` adds two levels around each event.
@@ -116,7 +142,7 @@ def assert_properties_conform(props: dict[str, Any]) -> None:
     exceptions = props["$exception_list"]
     assert isinstance(exceptions, list) and 1 <= len(exceptions) <= 50
     assert props["$exception_level"] in LEVELS
-    assert props.get("$exception_source") in SOURCES
+    assert_names_conform(props)
     assert_typed_keys_conform(props)
     if "$session_id" in props:
         assert isinstance(props["$session_id"], str)
@@ -132,6 +158,23 @@ def assert_properties_conform(props: dict[str, Any]) -> None:
         if index:
             assert mechanism["parent_id"] in ids  # parents come before their children
     json.dumps(props, allow_nan=False).encode("utf-8")  # lone surrogates would raise here
+
+
+def assert_names_conform(props: dict[str, Any]) -> None:
+    """The spec's names: a category as the root's ``mechanism.type``, the technology as
+    ``$exception_source`` (``<technology>.<hook>``, one this project knows), none for a
+    manual capture (``generic``), and no key PostHog's ingestion owns."""
+    root = props["$exception_list"][0]["mechanism"]
+    assert root["type"] in MECHANISM_CATEGORIES, root["type"]
+    assert "source" not in root, root  # the outermost entry has no parent
+    if "$exception_source" in props:
+        source = props["$exception_source"]
+        assert isinstance(source, str) and SOURCE_FORM.fullmatch(source), source
+        assert source in SOURCES, source
+    else:
+        assert root["type"] == "generic", root  # only a manual capture omits it
+    for key in PROCESSOR_OWNED:
+        assert key not in props, key
 
 
 def assert_steps_conform(steps: Any) -> None:
@@ -165,7 +208,8 @@ def assert_entry_conforms(entry: dict[str, Any], *, root: bool) -> None:
     else:
         assert mechanism["type"] == "chained"
         assert "handled" not in mechanism
-        assert mechanism["source"] in {"cause", "context", "member"}
+        if "source" in mechanism:  # omitted when the relationship is unknown
+            assert mechanism["source"] in RELATIONS, mechanism
         assert isinstance(mechanism["parent_id"], int)
     if "stacktrace" in entry:
         stack = entry["stacktrace"]

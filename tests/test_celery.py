@@ -256,11 +256,11 @@ def assert_task_event(event: dict[str, Any], task_id: str, retries: int) -> None
     assert props["celery_task_id"] == task_id
     assert props["celery_retries"] == retries
     assert props["celery_queue"] == "celery"
-    assert props["$exception_source"] == "python.celery"
+    assert props["$exception_source"] == "celery.task_failure"
     assert props["$exception_handled"] is False
     assert props["$exception_level"] == "error"
     root = props["$exception_list"][0]
-    assert root["mechanism"]["type"] == "celery"
+    assert root["mechanism"]["type"] == "task"
     assert root["mechanism"]["handled"] is False
 
 
@@ -523,4 +523,4 @@ def test_headers_interoperate_with_posthog_pythons_celery_integration(
     assert event["properties"]["tenant"] == "their-tenant"
     assert event["properties"]["region"] == "eu"
     assert contexts.get_tags() == {}  # the task's context tags ended with it
-    assert event["properties"]["$exception_source"] == "python.celery"
+    assert event["properties"]["$exception_source"] == "celery.task_failure"

@@ -244,15 +244,17 @@ def web(page: str, driver: str, source: str, route: str) -> Setup:
 
 
 SETUPS: dict[str, Setup] = {
-    "fastapi": web("context.md", FASTAPI_DRIVER, "python.asgi", "/orders/{order_id}"),
-    "flask": web("context.md", FLASK_DRIVER, "python.wsgi", "/orders/<int:order_id>"),
-    "django": web("context.md", DJANGO_DRIVER, "python.django", "orders/<int:order_id>"),
+    "fastapi": web("context.md", FASTAPI_DRIVER, "asgi.middleware", "/orders/{order_id}"),
+    "flask": web(
+        "context.md", FLASK_DRIVER, "flask.got_request_exception", "/orders/<int:order_id>"
+    ),
+    "django": web("context.md", DJANGO_DRIVER, "django.middleware", "orders/<int:order_id>"),
     "structlog": Setup(
         page="structlog.md",
         driver=STRUCTLOG_DRIVER,
         type="ValueError",
         message="card declined",
-        source="python.structlog",
+        source="structlog.processor",
         properties={"order_id": 7},
     ),
     "loguru": Setup(
@@ -260,7 +262,7 @@ SETUPS: dict[str, Setup] = {
         driver=LOGURU_DRIVER,
         type="ValueError",
         message="card declined",
-        source="python.loguru",
+        source="loguru.sink",
         properties={"order_id": 7, "log_message": "checkout failed", "$session_id": "session-1"},
     ),
     "rq": Setup(
@@ -268,7 +270,7 @@ SETUPS: dict[str, Setup] = {
         driver=RQ_DRIVER,
         type="JSONDecodeError",
         message="Expecting value: line 1 column 1 (char 0)",
-        source="python.rq",
+        source="rq.exception_handler",
         properties={
             "$session_id": "session-1",
             "plan": "pro",

@@ -163,7 +163,7 @@ def test_several_big_properties_are_cut_largest_first_until_it_fits() -> None:
         level="error",
         handled=True,
         mechanism="generic",
-        source="python.manual",
+        source=None,
         properties={"big": big, "bigger": bigger, "small": "kept"},
     )
     properties, size = build_properties_sized(snapshot, FrameBuilder(options))

@@ -154,7 +154,7 @@ def test_exception_record_becomes_an_event_of_that_exception(
     assert "distinct_id" not in props
     entry = props["$exception_list"][0]
     assert (entry["type"], entry["value"]) == ("ValueError", "card declined")
-    assert entry["mechanism"]["type"] == "logging"
+    assert entry["mechanism"]["type"] == "logger"
     assert entry["stacktrace"]["frames"][-1]["function"] == "raise_value_error"
     assert second["properties"]["$exception_level"] == "fatal"
     assert second["properties"]["$exception_list"][0]["type"] == "KeyError"

@@ -39,7 +39,7 @@ def test_header_values_are_cleaned(raw: object, clean: str | None) -> None:
 @pytest.mark.parametrize(("raw", "clean"), CASES[:8])
 def test_request_ids_from_headers(raw: Any, clean: str | None) -> None:
     headers = {"x-posthog-distinct-id": raw, "x-posthog-session-id": raw}
-    assert RequestReporter(None, None, "python.wsgi").ids(None, headers.get) == (clean, clean)
+    assert RequestReporter(None, None, "wsgi.middleware").ids(None, headers.get) == (clean, clean)
 
 
 @pytest.mark.parametrize(("raw", "clean"), CASES[:8])

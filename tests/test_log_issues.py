@@ -379,7 +379,7 @@ def test_a_stdlib_record_is_one_issue_whichever_door_sends_it(
         for order in ("A-1", "B-2"):
             checkout.error("order %s failed", order, extra={"case": f"{door} {order}"})
     events = sent(capture_server, 4)
-    assert events["processor A-1"]["$exception_source"] == "python.structlog"
+    assert events["processor A-1"]["$exception_source"] == "structlog.processor"
     assert events["handler A-1"]["$exception_source"] == "python.logging"
     for version in VERSIONS:
         assert len({server_fingerprint(props, version) for props in events.values()}) == 1

@@ -80,13 +80,13 @@ def test_exception_event_has_the_raise_sites_frames_and_loguru_output_is_unchang
     props = event["properties"]
     first = entry(event)
     assert (first["type"], first["value"]) == ("ValueError", "card declined for 42")
-    assert (first["mechanism"]["type"], first["mechanism"]["handled"]) == ("loguru", True)
+    assert (first["mechanism"]["type"], first["mechanism"]["handled"]) == ("logger", True)
     frames = first["stacktrace"]["frames"]
     assert [f["function"] for f in frames[-2:]] == [
         "test_exception_event_has_the_raise_sites_frames_and_loguru_output_is_unchanged",
         "charge",
     ]
-    assert (props["$exception_source"], props["$exception_handled"]) == ("python.loguru", True)
+    assert (props["$exception_source"], props["$exception_handled"]) == ("loguru.sink", True)
     assert props["$exception_level"] == "error"
     assert props["log_message"] == "payment failed"
     assert (props["logger"], props["order_id"]) == ("tests.test_loguru", 7)
@@ -340,7 +340,7 @@ def test_the_sink_marks_a_forwarded_record_sent_for_a_later_handler(
     intercepted.addHandler(posthog_errors.PostHogHandler(reporter=reporter))
     intercepted.error("forwarded %s", "once")
     [event] = sent(capture_server, 1)
-    assert event["properties"]["$exception_source"] == "python.loguru"
+    assert event["properties"]["$exception_source"] == "loguru.sink"
     # Named by the app's call site (InterceptHandler's depth), not by logging's frames.
     assert event["properties"]["logger"] == "tests.test_loguru"
 
@@ -375,7 +375,7 @@ def test_without_options_the_sink_follows_install(
         logger.remove(handler_id)
     [event] = sent(capture_server, 1)
     assert event["properties"]["$release_id"] == "app@1"
-    assert event["properties"]["$exception_source"] == "python.loguru"
+    assert event["properties"]["$exception_source"] == "loguru.sink"
 
 
 def test_enqueue_groups_messages_by_call_site(
@@ -423,7 +423,7 @@ def test_an_exception_logged_and_then_uncaught_is_one_event(
     events = capture_server.wait_for_events(1)
     assert len(capture_server.wait_for_events(2, timeout=0.5)) == 1
     props = events[0]["properties"]
-    assert props["$exception_source"] == "python.loguru"
+    assert props["$exception_source"] == "loguru.sink"
     assert props["$exception_list"][0]["stacktrace"]["frames"][-1]["function"] == "pay"
 
 

@@ -91,7 +91,7 @@ def assert_unhandled(event: dict[str, Any], source: str, type_name: str, value: 
     [entry] = props["$exception_list"]
     assert (entry["type"], entry["value"]) == (type_name, value)
     assert entry["mechanism"]["handled"] is False
-    assert entry["mechanism"]["type"] == source.removeprefix("python.")
+    assert entry["mechanism"]["type"] == "middleware"  # the spec's category; source: the tech
 
 
 def assert_person(event: dict[str, Any], distinct_id: str, session_id: str | None) -> None:
@@ -139,7 +139,7 @@ def test_asgi_reports_the_escaping_exception_with_the_header_ids(
         response = client.post(f"/boom?{SECRET_QUERY}", headers={**BROWSER, **PRIVATE})
     assert response.status_code == 500
     event = only_event(capture_server)
-    assert_unhandled(event, "python.asgi", "RuntimeError", "asgi boom POST")
+    assert_unhandled(event, "asgi.middleware", "RuntimeError", "asgi boom POST")
     assert_person(event, "browser-user", "browser-session")
     props = event["properties"]
     assert props["$current_url"] == "http://testserver/boom"  # scheme, host, path: no query
@@ -168,7 +168,7 @@ def test_asgi_request_without_headers_is_personless(
     client = TestClient(ASGIMiddleware(starlette_app()), raise_server_exceptions=False)
     assert client.get("/boom").status_code == 500
     event = only_event(capture_server)
-    assert_unhandled(event, "python.asgi", "RuntimeError", "asgi boom GET")
+    assert_unhandled(event, "asgi.middleware", "RuntimeError", "asgi boom GET")
     assert_personless(event)
 
 
@@ -190,7 +190,7 @@ def test_asgi_identify_takes_precedence_over_the_headers(
     assert client.get("/boom", headers=BROWSER).status_code == 500
     assert seen == ["/whoami", "/boom"]
     event = only_event(capture_server)
-    assert_unhandled(event, "python.asgi", "RuntimeError", "asgi boom GET")
+    assert_unhandled(event, "asgi.middleware", "RuntimeError", "asgi boom GET")
     assert_person(event, "user-from-auth", "browser-session")
 
 
@@ -242,7 +242,7 @@ def test_asgi_through_httpx_re_raises_and_restores_the_callers_context(
     assert after is None
     events = sent_events(capture_server, 2)
     for event in events:
-        assert_unhandled(event, "python.asgi", "RuntimeError", "asgi boom GET")
+        assert_unhandled(event, "asgi.middleware", "RuntimeError", "asgi boom GET")
         assert_person(event, "browser-user", "browser-session")
         assert event["properties"]["$current_url"] == "http://app.test/boom"
 
@@ -273,7 +273,7 @@ def test_fastapi_add_middleware_and_the_innermost_binding_wins(
     response = client.get("/items/42", headers=BROWSER)
     assert response.status_code == 500
     event = only_event(capture_server)
-    assert_unhandled(event, "python.asgi", "LookupError", "no item 42")
+    assert_unhandled(event, "asgi.middleware", "LookupError", "no item 42")
     # The exception remembers the endpoint's bind(); the session comes from the request's.
     assert_person(event, "inner-user", "browser-session")
     assert event["properties"]["$request_path"] == "/items/42"
@@ -317,7 +317,7 @@ def test_fastapi_def_endpoint_steps_reach_the_middlewares_event(
     for kind, customer in (("sync", "acme-corp"), ("sync", "globex"), ("async", "initech")):
         event = by_value[f"{kind} export of {customer} failed"]
         assert_unhandled(
-            event, "python.asgi", "RuntimeError", f"{kind} export of {customer} failed"
+            event, "asgi.middleware", "RuntimeError", f"{kind} export of {customer} failed"
         )
         assert_person(event, "browser-user", "browser-session")
         steps = event["properties"]["$exception_steps"]
@@ -432,7 +432,7 @@ def test_wsgi_reports_the_escaping_exception_with_the_header_ids(
         status, _ = http_get(f"{base}/boom?{SECRET_QUERY}", {**BROWSER, **PRIVATE})
     assert status == 500
     event = only_event(capture_server)
-    assert_unhandled(event, "python.wsgi", "RuntimeError", "wsgi boom /boom")
+    assert_unhandled(event, "wsgi.middleware", "RuntimeError", "wsgi boom /boom")
     assert_person(event, "browser-user", "browser-session")
     props = event["properties"]
     assert props["$current_url"] == base + "/boom"
@@ -452,7 +452,7 @@ def test_wsgi_streaming_body_failure_is_reported_with_the_request_ids(
     assert body.startswith(b"first chunk;")
     assert json.loads(after) == {"distinct_id": None, "session_id": None}
     event = only_event(capture_server)
-    assert_unhandled(event, "python.wsgi", "RuntimeError", "stream broke")
+    assert_unhandled(event, "wsgi.middleware", "RuntimeError", "stream broke")
     assert_person(event, "browser-user", "browser-session")
     assert event["properties"]["$request_path"] == "/stream"
     assert posthog_errors.get_distinct_id() is None
@@ -534,7 +534,7 @@ def test_flask_reports_the_view_exception_with_the_header_ids(
     assert json.loads(bound) == {"distinct_id": "browser-user", "session_id": "browser-session"}
     assert json.loads(after) == {"distinct_id": None, "session_id": None}
     event = only_event(capture_server)
-    assert_unhandled(event, "python.wsgi", "KeyError", "'order 7'")
+    assert_unhandled(event, "wsgi.middleware", "KeyError", "'order 7'")
     assert_person(event, "browser-user", "browser-session")
     assert event["properties"]["$current_url"] == base + "/orders/7"
     assert_no_request_secrets(event)
@@ -556,7 +556,7 @@ def test_flask_default_config_reports_through_its_signal(
     with wsgi_server(app) as base:
         assert http_get(base + "/orders/9", BROWSER)[0] == 500
     event = only_event(capture_server)
-    assert_unhandled(event, "python.wsgi", "KeyError", "'order 9'")
+    assert_unhandled(event, "flask.got_request_exception", "KeyError", "'order 9'")
     assert_person(event, "browser-user", "browser-session")
     assert event["properties"]["$request_path"] == "/orders/9"
 
@@ -577,7 +577,7 @@ def test_django_reports_the_view_exception_with_the_header_ids(
     )
     assert response.status_code == 500
     event = only_event(capture_server)
-    assert_unhandled(event, "python.django", "RuntimeError", "django boom POST")
+    assert_unhandled(event, "django.middleware", "RuntimeError", "django boom POST")
     assert_person(event, "browser-user", "browser-session")
     props = event["properties"]
     assert props["$current_url"] == "http://testserver/boom/"
@@ -606,7 +606,7 @@ def test_django_request_without_headers_is_personless(
 ) -> None:
     assert Client(raise_request_exception=False).get("/boom/").status_code == 500
     event = only_event(capture_server)
-    assert_unhandled(event, "python.django", "RuntimeError", "django boom GET")
+    assert_unhandled(event, "django.middleware", "RuntimeError", "django boom GET")
     assert_personless(event)
 
 
@@ -630,7 +630,7 @@ def test_django_identify_override_takes_precedence(
     assert_person(by_method["POST"], "user-from-auth", "auth-session")
     assert_person(by_method["PUT"], "browser-user", "browser-session")
     for event in events:
-        assert event["properties"]["$exception_source"] == "python.django"
+        assert event["properties"]["$exception_source"] == "django.middleware"
 
 
 def test_django_async_path(capture_server: CaptureServer, reporter: Reporter) -> None:
@@ -652,8 +652,10 @@ def test_django_async_path(capture_server: CaptureServer, reporter: Reporter) ->
     assert after is None
     events = sent_events(capture_server, 2)
     by_path = {e["properties"]["$request_path"]: e for e in events}
-    assert_unhandled(by_path["/boom/"], "python.django", "RuntimeError", "django boom GET")
-    assert_unhandled(by_path["/async-boom/"], "python.django", "RuntimeError", "django async boom")
+    assert_unhandled(by_path["/boom/"], "django.middleware", "RuntimeError", "django boom GET")
+    assert_unhandled(
+        by_path["/async-boom/"], "django.middleware", "RuntimeError", "django async boom"
+    )
     for event in events:
         assert_person(event, "browser-user", "browser-session")
     assert by_path["/async-boom/"]["properties"]["$current_url"] == "http://testserver/async-boom/"
@@ -669,7 +671,7 @@ def test_django_disallowed_host_still_reports_the_view_exception(
     assert posthog_errors.flush(5)
     [event] = capture_server.wait_for_events(1, timeout=1)
     assert response.status_code == 500
-    assert_unhandled(event, "python.django", "RuntimeError", "django boom GET")
+    assert_unhandled(event, "django.middleware", "RuntimeError", "django boom GET")
     assert_person(event, "browser-user", "browser-session")
 
 
@@ -777,7 +779,7 @@ def assert_every_door(
     if after:
         assert_no_request_details(by_type.pop("ValueError"))
     assert by_type[MESSAGE]["properties"]["$exception_source"] == "python.logging"
-    assert by_type["LookupError"]["properties"]["$exception_source"] == "python.manual"
+    assert "$exception_source" not in by_type["LookupError"]["properties"]  # manual capture
     assert by_type["RuntimeError"]["properties"]["$exception_source"] == source
     for event in by_type.values():
         assert_request_details(event, path=path, route=route, ip=ip, method=method)
@@ -798,7 +800,9 @@ def test_asgi_every_capture_in_the_request_carries_its_details(
     app = ASGIMiddleware(Starlette(routes=[Route("/orders/{order_id}", starlette_order)]))
     client = TestClient(app, raise_server_exceptions=False)
     assert client.get(f"/orders/7?{SECRET_QUERY}", headers=DETAILED).status_code == 500
-    assert_every_door(capture_server, "python.asgi", path="/orders/7", route="/orders/{order_id}")
+    assert_every_door(
+        capture_server, "asgi.middleware", path="/orders/7", route="/orders/{order_id}"
+    )
 
 
 def test_fastapi_route_template_includes_the_router_prefix(
@@ -816,7 +820,7 @@ def test_fastapi_route_template_includes_the_router_prefix(
     client = TestClient(app, raise_server_exceptions=False)
     assert client.get(f"/shop/orders/7?{SECRET_QUERY}", headers=DETAILED).status_code == 500
     assert_every_door(
-        capture_server, "python.asgi", path="/shop/orders/7", route="/shop/orders/{order_id}"
+        capture_server, "asgi.middleware", path="/shop/orders/7", route="/shop/orders/{order_id}"
     )
 
 
@@ -998,7 +1002,7 @@ def test_flask_every_capture_in_the_request_carries_its_details(
     # The middleware reports after Flask's request context is gone: the route still comes.
     assert_every_door(
         capture_server,
-        "python.wsgi",
+        "wsgi.middleware",
         method="POST",
         path="/orders/7",
         route="/orders/<int:order_id>",
@@ -1043,7 +1047,7 @@ def test_flask_report_without_the_middleware_carries_the_details(
     # Only the report: nothing bound the request for the view's own capture.
     assert_no_request_details(by_type["LookupError"])
     report = by_type["RuntimeError"]
-    assert_unhandled(report, "python.wsgi", "RuntimeError", "order 7 failed")
+    assert_unhandled(report, "flask.got_request_exception", "RuntimeError", "order 7 failed")
     # Flask's test client's peer address: no X-Forwarded-For.
     assert_request_details(report, path="/orders/7", route="/orders/<int:order_id>", ip="127.0.0.1")
 
@@ -1080,7 +1084,11 @@ def test_django_every_capture_in_the_request_carries_its_details(
     assert response.status_code == 500
     capture_after_the_request()
     assert_every_door(
-        capture_server, "python.django", path="/orders/7", route="orders/<int:order_id>", after=True
+        capture_server,
+        "django.middleware",
+        path="/orders/7",
+        route="orders/<int:order_id>",
+        after=True,
     )
 
 
@@ -1097,7 +1105,7 @@ def test_django_async_view_carries_the_details(
         assert asyncio.run(main()) == 500
     assert_every_door(
         capture_server,
-        "python.django",
+        "django.middleware",
         path="/async-orders/7",
         route="async-orders/<int:order_id>",
         after=True,

@@ -105,7 +105,7 @@ if __name__ == "__main__":
     events = capture_server.wait_for_events(2, timeout=3)
     assert len(events) == 1
     props = events[0]["properties"]
-    assert props["$exception_source"] == "python.multiprocessing"
+    assert props["$exception_source"] == "python.multiprocessing_process"
     assert props["$exception_handled"] is False
     assert props["process_name"] == "cruncher"
     assert props["$exception_list"][0]["stacktrace"]["frames"][-1]["function"] == "crash"
@@ -211,6 +211,6 @@ if __name__ == "__main__":
     events = capture_server.wait_for_events(2, timeout=3)
     assert len(events) == 1
     props = events[0]["properties"]
-    assert props["$exception_source"] == "python.multiprocessing"
+    assert props["$exception_source"] == "python.multiprocessing_process"
     assert props["process_name"] == "subclassed"
     assert props["$exception_list"][0]["stacktrace"]["frames"][-1]["function"] == "run"

@@ -90,7 +90,7 @@ def test_a_handler_behind_a_queue_listener_sends_the_producers_exception(
         props = event["properties"]
         [entry] = props["$exception_list"]
         assert entry["type"] == "ValueError"
-        assert (entry["mechanism"]["type"], entry["mechanism"]["handled"]) == ("logging", True)
+        assert (entry["mechanism"]["type"], entry["mechanism"]["handled"]) == ("logger", True)
         assert _functions(entry) == ["producer"]  # the producer's frames, from its traceback
         assert entry["stacktrace"]["frames"][0]["context_line"].strip().startswith("raise")
         assert props["log_message"] == "export failed"

@@ -310,11 +310,11 @@ def test_a_jobs_final_failure_is_one_event_of_the_enqueuer(
 
     for event in events:
         props = event["properties"]
-        assert props["$exception_source"] == "python.rq"
+        assert props["$exception_source"] == "rq.exception_handler"
         assert props["$exception_handled"] is False
         assert props["$exception_level"] == "error"
         root = props["$exception_list"][0]
-        assert root["mechanism"]["type"] == "rq"
+        assert root["mechanism"]["type"] == "task"
         assert root["mechanism"]["handled"] is False
         assert props["rq_queue"] == queue
         functions = {frame["function"] for frame in root["stacktrace"]["frames"]}
@@ -424,7 +424,7 @@ def test_the_exception_handler_alone_reports_from_the_forked_horse(
     assert props["$session_id"] == "s-1"
     assert props["plan"] == "pro"
     assert props["tenant"] == "acme"
-    assert props["$exception_source"] == "python.rq"
+    assert props["$exception_source"] == "rq.exception_handler"
     assert props["rq_job_id"] == retried.id != recovered.id
     assert props["rq_queue"] == "handler"
     assert props["rq_retries"] == 1

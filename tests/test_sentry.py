@@ -77,7 +77,7 @@ def test_integration_links_both_sides_for_capture_exception(
     event = one_posthog_event(capture_server)
     props = event["properties"]
     assert event["distinct_id"] == "user_123"
-    assert props["$exception_source"] == "sentry"
+    assert props["$exception_source"] == "sentry.event_processor"
     assert props["$sentry_event_id"] == event_id
     assert props["$sentry_url"] == (
         f"https://sentry.io/organizations/my-org/issues/?project=12345&query={event_id}"

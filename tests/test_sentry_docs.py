@@ -169,7 +169,7 @@ class Failure:
     person: str | re.Pattern[str] | None = None  # the distinct ID; None: no person at all
     sentry: bool = True  # Sentry received an event for it
     posthog: bool = True  # PostHog received an $exception for it (naming Sentry's, if any)
-    source: str | tuple[str, ...] = "sentry"  # $exception_source (or one of them)
+    source: str | tuple[str, ...] = "sentry.event_processor"  # $exception_source (or one of them)
     level: str = "error"  # $exception_level
     sentry_url: str | None = None  # $sentry_url, with {event_id}; None: none
     project: str = API_KEY  # the project in the Person URL
@@ -488,7 +488,7 @@ EXPECTED: dict[str, Expect] = {
                 "export does not fit in memory",
                 person,
                 # Sentry's Flask integration reported it first; posthog-errors' deduplicated
-                source=("sentry", "python.wsgi"),
+                source=("sentry.event_processor", "wsgi.middleware", "flask.got_request_exception"),
                 sentry_url="https://sentry.io/organizations/my-org/issues/"
                 f"?project={SENTRY_PROJECT}&query={{event_id}}",
             )
@@ -515,7 +515,7 @@ EXPECTED: dict[str, Expect] = {
                 "ArithmeticError",
                 "report totals do not add up",
                 "user_7",
-                source="python.django",
+                source="django.middleware",
                 waits_for_sentry=True,  # the middleware reports before Sentry's signal
                 sentry_url="https://sentry.io/organizations/my-org/issues/"
                 f"?project={SENTRY_PROJECT}&query={{event_id}}",
@@ -776,7 +776,7 @@ def check_outcome(
         sources = failure.source if isinstance(failure.source, tuple) else (failure.source,)
         assert properties["$exception_source"] in sources, properties
         assert properties["$exception_level"] == failure.level, properties
-        if properties["$exception_source"] == "sentry":
+        if properties["$exception_source"] == "sentry.event_processor":
             assert properties["$exception_message"] == failure.message
             assert properties["$sentry_exception_message"] == failure.message
             # A message has no exception: no type, or its entry's (LogMessage).

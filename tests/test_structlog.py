@@ -89,13 +89,13 @@ def test_native_chain_with_merge_contextvars(
     props = event["properties"]
     assert event["distinct_id"] == "ctx-user"
     assert props["$session_id"] == "sess-1"
-    assert props["$exception_source"] == "python.structlog"
+    assert props["$exception_source"] == "structlog.processor"
     assert props["$exception_level"] == "error"
     assert props["log_message"] == "payment failed"
     assert props["order_id"] == 42
     assert props["api_token"] == "[Filtered]"  # secret-looking keys: values redacted
     entry = props["$exception_list"][0]
-    assert (entry["type"], entry["mechanism"]["type"]) == ("ValueError", "structlog")
+    assert (entry["type"], entry["mechanism"]["type"]) == ("ValueError", "logger")
     # The event dict went on unchanged: format_exc_info still found exc_info after us.
     rendered = [json.loads(line) for line in output.getvalue().splitlines()]
     assert "ValueError: card declined" in rendered[0]["exception"]
@@ -283,7 +283,7 @@ def test_foreign_pre_chain_keeps_each_records_logger_name(
     by_logger: dict[str, list[dict[str, Any]]] = {}
     for event in events:
         props = event["properties"]
-        assert props["$exception_source"] == "python.structlog"
+        assert props["$exception_source"] == "structlog.processor"
         by_logger.setdefault(props["logger"], []).append(props)
     assert sorted(by_logger) == ["shop.billing", "shop.checkout"]
     issues = {}

@@ -61,7 +61,7 @@ def test_every_door_lands_in_the_list_without_a_client(monkeypatch: pytest.Monke
     assert set(by_value) == {"manual", "logged", "structlog", "thread hook"}
     assert by_value["manual"]["distinct_id"] == "tester"
     assert by_value["logged"]["properties"]["$exception_source"] == "python.logging"
-    assert by_value["structlog"]["properties"]["$exception_source"] == "python.structlog"
+    assert by_value["structlog"]["properties"]["$exception_source"] == "structlog.processor"
     assert by_value["thread hook"]["properties"]["$exception_source"] == (
         "python.threading_excepthook"
     )

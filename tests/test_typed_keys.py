@@ -117,7 +117,7 @@ def test_a_sentry_derived_line_number_is_an_unsigned_32_bit_int_or_null(
             "frames": [frame(True), frame(2**32), frame(2**32 - 1), frame(-1), frame(7)],
         },
     }
-    assert reporter.capture_prebuilt([entry], source="sentry") is not None
+    assert reporter.capture_prebuilt([entry], source="sentry.event_processor") is not None
     assert posthog_errors.flush(5)
     [event] = capture_server.wait_for_events(1)
     sent = event["properties"]["$exception_list"][0]

@@ -31,6 +31,7 @@ from typing import Any
 
 from posthog_errors import _extensions, _units
 from posthog_errors._context import bind
+from posthog_errors._mechanisms import MIDDLEWARE
 from posthog_errors._reporter import Reporter, default_reporter
 from posthog_errors._snapshot import EventSnapshot
 from posthog_errors._stats import STATS
@@ -110,14 +111,35 @@ class RequestReporter:
     """What the three middlewares share: who is the person, and how to report."""
 
     def __init__(
-        self, client: Any, identify: Identify | None, source: str, capture_ip: bool = False
+        self,
+        client: Any,
+        identify: Identify | None,
+        source: str,
+        capture_ip: bool = False,
+        *,
+        environment: str | None = None,
+        service: str | None = None,
     ) -> None:
         if identify is not None and not callable(identify):
             raise TypeError(f"identify must be a callable taking the request, got {identify!r}")
         self._reporter = Reporter(client) if client is not None else None
         self._identify = identify
-        self._source = source
+        self._source = source  # $exception_source; mechanism.type is "middleware"
         self.capture_ip = bool(capture_ip)
+        # Given to the middleware: bound with the request's details, so that every event of
+        # the request carries them (over install()'s; see ``PayloadOptions``).
+        self._labels: dict[str, str] = {}
+        for name, value in (("environment", environment), ("service", service)):
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"{name} must be a string or None, got {value!r}")
+            if value and value.strip():
+                self._labels[name] = value.strip()
+
+    def details(self, properties: dict[str, Any]) -> dict[str, Any]:
+        """A request's details, with the middleware's ``environment`` and ``service``."""
+        if self._labels:
+            properties.update(self._labels)
+        return properties
 
     def ids(self, request: Any, headers: Callable[[str], str | None]) -> tuple[Any, Any]:
         # Cleaned as posthog-python's integrations clean them: "   " is no person (the
@@ -147,7 +169,7 @@ class RequestReporter:
             exc,
             level="error",
             handled=False,
-            mechanism=self._source.removeprefix("python."),
+            mechanism=MIDDLEWARE,
             source=self._source,
             properties=properties,
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from posthog_errors._mechanisms import GENERIC, sentry_category, sentry_relation
 from posthog_errors._payload import MESSAGE_TYPE
 
 __all__ = ["exception_data", "exception_list", "message_of", "sentry_level"]
@@ -59,11 +60,18 @@ def exception_list(event: dict[str, Any]) -> list[dict[str, Any]]:
     entries: list[dict[str, Any]] = []
     for index, value in enumerate(values[:50]):
         mechanism: dict[str, Any] = {"synthetic": False, "exception_id": index}
+        sentry_mechanism = value.get("mechanism") or {}
         if index == 0:
-            handled = (value.get("mechanism") or {}).get("handled")
-            mechanism.update(type="sentry", handled=handled if isinstance(handled, bool) else True)
+            handled = sentry_mechanism.get("handled")
+            mechanism.update(
+                type=sentry_category(sentry_mechanism.get("type")),
+                handled=handled if isinstance(handled, bool) else True,
+            )
         else:
-            mechanism.update(type="chained", parent_id=index - 1, source="cause")
+            mechanism.update(type="chained", parent_id=index - 1)
+            relation = sentry_relation(sentry_mechanism.get("source"))
+            if relation is not None:  # unknown: omitted (PostHog's SDK event spec)
+                mechanism["source"] = relation
         entry: dict[str, Any] = {
             "type": str(value.get("type") or "Error"),
             "value": str(value.get("value") or ""),
@@ -82,7 +90,7 @@ def exception_list(event: dict[str, Any]) -> list[dict[str, Any]]:
                 "value": message_of(event),
                 "module": None,
                 "mechanism": {
-                    "type": "sentry",
+                    "type": GENERIC,
                     "handled": True,
                     "synthetic": True,
                     "exception_id": 0,

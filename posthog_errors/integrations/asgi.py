@@ -28,7 +28,8 @@ class ASGIMiddleware:
 
     ``capture_ip=True`` adds ``$ip``: the first address of ``X-Forwarded-For``, else the
     peer's. ``$request_route`` is the template of ``scope["route"]``, which Starlette's and
-    FastAPI's routers set once they have matched the request.
+    FastAPI's routers set once they have matched the request. ``environment`` and
+    ``service`` are sent with every event of the request (over ``install()``'s).
     """
 
     def __init__(
@@ -38,12 +39,21 @@ class ASGIMiddleware:
         client: Any = None,
         identify: Identify | None = None,
         capture_ip: bool = False,
+        environment: str | None = None,
+        service: str | None = None,
     ) -> None:
         self.app = app
         # Starlette and FastAPI run ``def`` endpoints in anyio's thread pool: their steps
         # must reach the request's event (see ``_units.follow_thread_pool``).
         _units.follow_thread_pool()
-        self._requests = RequestReporter(client, identify, "python.asgi", capture_ip)
+        self._requests = RequestReporter(
+            client,
+            identify,
+            "asgi.middleware",
+            capture_ip,
+            environment=environment,
+            service=service,
+        )
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope.get("type") == "lifespan":
@@ -55,7 +65,9 @@ class ASGIMiddleware:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         distinct_id, session_id = self._requests.ids(scope, headers.get)
-        properties = _asgi_properties(scope, headers, self._requests.capture_ip)
+        properties = self._requests.details(
+            _asgi_properties(scope, headers, self._requests.capture_ip)
+        )
         with request_scope(distinct_id, session_id, properties):
             try:
                 await self.app(scope, receive, send)

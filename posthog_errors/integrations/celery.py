@@ -274,8 +274,8 @@ class Instrumentation:
                     exception,
                     level="error",
                     handled=False,
-                    mechanism="celery",
-                    source="python.celery",
+                    mechanism="task",
+                    source="celery.task_failure",
                     properties=properties,
                 )
                 running.captured = True
@@ -315,8 +315,8 @@ class Instrumentation:
             exception,
             level="error",
             handled=False,
-            mechanism="celery",
-            source="python.celery",
+            mechanism="task",
+            source="celery.task_failure",
             distinct_id=clean_header_value(_header(request, DISTINCT_ID_HEADER)),
             session_id=clean_header_value(_header(request, SESSION_ID_HEADER)),
             properties={**tags, **carried, **properties},

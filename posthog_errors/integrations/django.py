@@ -28,15 +28,26 @@ class DjangoMiddleware:
     user, subclass and override :meth:`identify`; to send ``$ip`` (the first address of
     ``X-Forwarded-For``, else ``REMOTE_ADDR``), subclass and set ``capture_ip = True``.
     ``$request_route`` is ``request.resolver_match.route``, once Django has resolved the URL.
+    ``environment`` and ``service`` (class attributes, None by default) are sent with every
+    event of the request, over ``install()``'s.
     """
 
     sync_capable = True
     async_capable = True
     capture_ip = False
+    environment: str | None = None
+    service: str | None = None
 
     def __init__(self, get_response: Callable[[Any], Any]) -> None:
         self.get_response = get_response
-        self._requests = RequestReporter(None, self.identify, "python.django", self.capture_ip)
+        self._requests = RequestReporter(
+            None,
+            self.identify,
+            "django.middleware",
+            self.capture_ip,
+            environment=self.environment,
+            service=self.service,
+        )
         self._async = False
         if is_coroutine_function(get_response):
             from asgiref.sync import markcoroutinefunction
@@ -60,11 +71,11 @@ class DjangoMiddleware:
 
     def _bind(self, request: Any) -> contextlib.AbstractContextManager[None]:
         distinct_id, session_id = self._requests.ids(request, request.headers.get)
-        properties = _django_properties(request, self._requests.capture_ip)
+        properties = self._requests.details(_django_properties(request, self._requests.capture_ip))
         return request_scope(distinct_id, session_id, properties)
 
     def process_exception(self, request: Any, exception: Exception) -> None:
-        properties = _django_properties(request, self._requests.capture_ip)
+        properties = self._requests.details(_django_properties(request, self._requests.capture_ip))
         self._requests.report(exception, properties)
         # None: Django goes on with its own handling (500 page, got_request_exception).
 

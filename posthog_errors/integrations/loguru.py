@@ -125,9 +125,9 @@ class PostHogSink:
 
     Payload options (``before_send``, ``ignore``, ``in_app_include``, ``in_app_exclude``,
     ``project_root``, ``redact_secrets``, ``redact_keys``, ``redact_patterns``,
-    ``capture_code_variables``, ``release``): given none, and no ``reporter``, events use
-    the options :func:`posthog_errors.install` was given, sent to ``client`` when one is
-    given; given any, the sink uses its own options only.
+    ``capture_code_variables``, ``release``, ``environment``, ``service``): given none, and
+    no ``reporter``, events use the options :func:`posthog_errors.install` was given, sent
+    to ``client`` when one is given; given any, the sink uses its own options only.
 
     Add it with ``enqueue=False`` (loguru's default): the sink only snapshots and queues,
     delivery happens on the library's own thread, so it never blocks the app anyway; and
@@ -151,6 +151,8 @@ class PostHogSink:
         redact_patterns: Iterable[str | re.Pattern[str]] = (),
         capture_code_variables: bool | None = None,
         release: str | None = None,
+        environment: str | None = None,
+        service: str | None = None,
         steps: bool = True,
         steps_levels: str | int | Iterable[str | int] = ("info", "warning"),
         reporter: Reporter | None = None,
@@ -175,6 +177,8 @@ class PostHogSink:
                 "redact_patterns": redact_patterns,
                 "capture_code_variables": capture_code_variables,
                 "release": release,
+                "environment": environment,
+                "service": service,
             },
             reporter,
         )
@@ -257,8 +261,8 @@ class PostHogSink:
                 value,
                 level=level,
                 handled=True,
-                mechanism="loguru",
-                source="python.loguru",
+                mechanism="logger",
+                source="loguru.sink",
                 distinct_id=distinct_id,
                 session_id=session_id,
                 properties=properties,
@@ -293,8 +297,8 @@ class PostHogSink:
             frames=frames,
             frames_omitted=omitted,
             level=level,
-            mechanism="loguru",
-            source="python.loguru",
+            mechanism="logger",
+            source="loguru.sink",
             distinct_id=distinct_id,
             session_id=session_id,
             properties=properties,

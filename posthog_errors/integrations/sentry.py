@@ -46,6 +46,7 @@ except ImportError as error:  # pragma: no cover - exercised without the extra i
 from posthog_errors import _context, _extensions, _guard
 from posthog_errors._delivery import worker
 from posthog_errors._levels import severity_names
+from posthog_errors._mechanisms import sentry_category
 from posthog_errors._payload import LEVELS, MESSAGE_TYPE
 from posthog_errors._reporter import DoorReporter, Reporter, default_reporter_if_set
 from posthog_errors._snapshot import EventSnapshot
@@ -69,6 +70,8 @@ POSTHOG_ID_TAG = _context.SENTRY_ID_TAG
 POSTHOG_CONTEXT = _context.SENTRY_CONTEXT
 PERSON_URL_TAG = "PostHog Person URL"
 DEFAULT_PREFIX = "https://sentry.io/organizations/"
+# $exception_source of the events this bridge sends (PostHog's SDK event spec form).
+SENTRY_SOURCE = "sentry.event_processor"
 # How long a PostHog event waits for Sentry to see the same exception (a log record reaches
 # this library before sentry-sdk's logging integration, for example), when Sentry will.
 LINK_GRACE_SECONDS = 0.3
@@ -87,6 +90,9 @@ _POSTHOG_OPTIONS = frozenset(
         "redact_keys",
         "redact_patterns",
         "capture_code_variables",
+        "release",
+        "environment",
+        "service",
     }
 )
 # Python level numbers of PostHog's levels, to compare with Sentry's logging event level.
@@ -153,7 +159,9 @@ class PostHogIntegration(Integration):
 
     PostHog options: those of ``install()`` (``before_send``, ``ignore``, ``in_app_include``,
     ``in_app_exclude``, ``project_root``, ``max_frames``, ``redact_secrets``,
-    ``redact_keys``, ``redact_patterns``, ``capture_code_variables``). Given none, events
+    ``redact_keys``, ``redact_patterns``, ``capture_code_variables``, ``release``,
+    ``environment``, ``service``; without ``environment``, events carry Sentry's own
+    ``environment``). Given none, events
     that come through Sentry use the options ``install()`` was given, sent to ``client``;
     given any, the integration uses its own options only.
     """
@@ -394,12 +402,18 @@ def _send_to_posthog(
         properties["$sentry_event_id"] = event.get("event_id")
         if url:
             properties["$sentry_url"] = url
-    handled = (outermost.get("mechanism") or {}).get("handled")
+    environment = event.get("environment")
+    if reporter.options.environment is None and isinstance(environment, str) and environment:
+        properties["environment"] = environment  # Sentry's own, when PostHog was given none
+    sentry_mechanism = outermost.get("mechanism") or {}
+    handled = sentry_mechanism.get("handled")
     options: dict[str, Any] = {
         "level": level if level in LEVELS else "error",
         "handled": handled if isinstance(handled, bool) else True,
-        "mechanism": "sentry",
-        "source": "sentry",
+        # The spec's category for the Sentry integration that caught it; the bridge itself
+        # is the source.
+        "mechanism": sentry_category(sentry_mechanism.get("type")),
+        "source": SENTRY_SOURCE,
         "distinct_id": pending.link.distinct_id,
         "properties": properties,
     }

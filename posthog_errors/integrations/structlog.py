@@ -68,8 +68,8 @@ class PostHogProcessor:
 
     Payload options (``before_send``, ``ignore``, ``in_app_include``, ``in_app_exclude``,
     ``project_root``, ``redact_secrets``, ``redact_keys``, ``redact_patterns``,
-    ``capture_code_variables``, ``release``): given none, and no ``reporter``, events use
-    the options
+    ``capture_code_variables``, ``release``, ``environment``, ``service``): given none, and
+    no ``reporter``, events use the options
     :func:`posthog_errors.install` was given (``capture_code_variables=True`` included),
     sent to ``client`` when one is given; given any, the processor uses its own options
     only (the defaults for the others: redaction on, no code variables).
@@ -96,6 +96,8 @@ class PostHogProcessor:
         redact_patterns: Iterable[str | re.Pattern[str]] = (),
         capture_code_variables: bool | None = None,
         release: str | None = None,
+        environment: str | None = None,
+        service: str | None = None,
         steps: bool = True,
         steps_levels: str | int | Iterable[str | int] = ("info", "warning"),
         reporter: Reporter | None = None,
@@ -120,6 +122,8 @@ class PostHogProcessor:
                 "redact_patterns": redact_patterns,
                 "capture_code_variables": capture_code_variables,
                 "release": release,
+                "environment": environment,
+                "service": service,
             },
             reporter,
         )
@@ -172,8 +176,8 @@ class PostHogProcessor:
                 view.exception,
                 level=level,
                 handled=True,
-                mechanism="structlog",
-                source="python.structlog",
+                mechanism="logger",
+                source="structlog.processor",
                 distinct_id=view.distinct_id,
                 session_id=view.session_id,
                 properties=properties,
@@ -197,8 +201,8 @@ class PostHogProcessor:
             frames=frames,
             frames_omitted=omitted,
             level=level,
-            mechanism="structlog",
-            source="python.structlog",
+            mechanism="logger",
+            source="structlog.processor",
             distinct_id=view.distinct_id,
             session_id=view.session_id,
             properties=properties,

@@ -37,7 +37,8 @@ class WSGIMiddleware:
 
     ``capture_ip=True`` adds ``$ip``: the first address of ``X-Forwarded-For``, else
     ``REMOTE_ADDR``. ``$request_route`` is Flask's ``request.url_rule.rule``, once Flask has
-    matched the URL (other WSGI frameworks: no route).
+    matched the URL (other WSGI frameworks: no route). ``environment`` and ``service`` are
+    sent with every event of the request (over ``install()``'s).
     """
 
     def __init__(
@@ -47,9 +48,18 @@ class WSGIMiddleware:
         client: Any = None,
         identify: Identify | None = None,
         capture_ip: bool = False,
+        environment: str | None = None,
+        service: str | None = None,
     ) -> None:
         self.app = app
-        self._requests = RequestReporter(client, identify, "python.wsgi", capture_ip)
+        self._requests = RequestReporter(
+            client,
+            identify,
+            "wsgi.middleware",
+            capture_ip,
+            environment=environment,
+            service=service,
+        )
         watch_flask()  # the app is built, so Flask (if it is one) is imported by now
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
@@ -58,7 +68,7 @@ class WSGIMiddleware:
             return value if isinstance(value, str) else None
 
         distinct_id, session_id = self._requests.ids(environ, header)
-        properties = wsgi_properties(environ, self._requests.capture_ip)
+        properties = self._requests.details(wsgi_properties(environ, self._requests.capture_ip))
         with request_scope(distinct_id, session_id, properties):
             try:
                 result = self.app(environ, start_response)
