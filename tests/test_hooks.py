@@ -128,10 +128,10 @@ def test_thread_asyncio_and_unraisable_exceptions_each_arrive_once(
     }
     assert by_type["ValueError"]["$exception_source"] == "python.threading_excepthook"
     assert by_type["ValueError"]["thread_name"] == "worker-1"
-    assert by_type["LookupError"]["$exception_source"] == "python.asyncio"
-    assert by_type["ArithmeticError"]["$exception_source"] == "python.asyncio"
+    assert by_type["LookupError"]["$exception_source"] == "python.asyncio_exception_handler"
+    assert by_type["ArithmeticError"]["$exception_source"] == "python.asyncio_exception_handler"
     assert "never retrieved" in by_type["ArithmeticError"]["asyncio_message"]
-    assert by_type["OSError"]["$exception_source"] == "python.unraisablehook"
+    assert by_type["OSError"]["$exception_source"] == "python.sys_unraisablehook"
     unraisable = by_type["OSError"]
     if sys.version_info >= (3, 14):  # the object is in CPython's message, and not passed
         assert unraisable["unraisable_message"].startswith(
@@ -454,7 +454,7 @@ def test_capture_exits_follows_the_exit_code_rule_in_threads_and_processes(
     # The forked child's sys.exit() is its main thread's: reported at the call.
     assert by_value["6"]["properties"]["$exception_source"] in (
         "python.sys_exit",
-        "python.multiprocessing",
+        "python.multiprocessing_process",
     )
 
 
