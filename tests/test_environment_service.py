@@ -355,3 +355,19 @@ def test_a_sentry_chain_with_no_known_relationship_omits_it() -> None:
     assert entries[0]["mechanism"]["type"] == "task"  # Sentry's Celery: the spec's category
     assert entries[1]["mechanism"]["source"] == "context"
     assert "source" not in entries[2]["mechanism"]  # unknown: omitted, not guessed
+
+
+def test_the_librarys_table_of_names_matches_the_spec_check() -> None:
+    from posthog_errors import _mechanisms
+    from tests import conformance
+
+    # Every door's name is one the check accepts; the check also knows the spec's canonical
+    # names of hooks this project has no door for (fastapi.exception_handler).
+    assert set(_mechanisms.SOURCES.values()) <= conformance.SOURCES
+    assert conformance.CANONICAL_SOURCES - set(_mechanisms.SOURCES.values()) == {
+        "fastapi.exception_handler"
+    }
+    assert _mechanisms.CATEGORIES == conformance.MECHANISM_CATEGORIES
+    assert all(_mechanisms.is_source_name(name) for name in conformance.SOURCES)
+    assert not _mechanisms.is_source_name("python")  # no hook
+    assert not _mechanisms.is_source_name("Python.Logging")
