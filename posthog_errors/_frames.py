@@ -34,6 +34,7 @@ __all__ = ["FrameBuilder", "safe_text", "site_key"]
 _OWN_PACKAGE = __name__.partition(".")[0]
 _EXTERNAL_PATH = re.compile(r"[\\/](?:site|dist)-packages[\\/]")
 _CACHE_LIMIT = 4096
+_SOURCE_FILES = 256  # files whose prepared source lines are kept
 # Pseudo-files that are the user's own code typed or generated at run time.
 _USER_PSEUDO_FILES = ("<string>", "<stdin>", "<console>", "<input>")
 
@@ -95,6 +96,15 @@ class FrameBuilder:
         self._cache: dict[_FrameKey, tuple[dict[str, Any], int]] = {}
         # (file, module) -> in_app: what ``_classify`` reads.
         self._in_app_cache: dict[tuple[str, str | None], bool] = {}
+        # (file, module) -> the frame's location fields (filename, abs_path, module, in_app)
+        # and their size: the same for every frame of a file.
+        self._places: dict[tuple[str, str | None], tuple[str, str | None, str | None, bool, int]]
+        self._places = {}
+        # id(linecache's lines of a file) -> (those lines, each line as sent when its window
+        # is clean, and when it is checked line by line; None until a frame needs it): a
+        # line shared by several frames' context is stripped, redacted and made encodable
+        # once. Kept while linecache keeps the same list.
+        self._texts: dict[int, tuple[list[str], list[str | None], list[str | None]]] = {}
         self._lock = threading.RLock()  # C-level, re-entrant: a signal handler may capture here
 
     def frame(
@@ -117,29 +127,49 @@ class FrameBuilder:
     ) -> tuple[dict[str, Any], int]:
         limit = self.options.max_line_length
         raw_path = code.co_filename if isinstance(code.co_filename, str) else ""
-        is_pseudo = raw_path.startswith("<") and raw_path.endswith(">")
-        abs_path = raw_path if is_pseudo or not raw_path else os.path.abspath(raw_path)
+        place = self._places.get((raw_path, module))
+        if place is None:
+            place = self._place(code, raw_path, module)
+        filename, abs_path, module_text, in_app, size = place
         if not isinstance(lineno, int) or lineno < 1:
             lineno = None
         pre, line, post = self._source_context(raw_path, lineno, module)
+        function = safe_text(code.co_name or "<unknown>", limit)
         frame: dict[str, Any] = {
             "platform": "python",
-            "filename": safe_text(_relative_filename(abs_path, module) or "<unknown>", limit),
-            "abs_path": safe_text(abs_path, limit) if abs_path else None,
-            "function": safe_text(code.co_name or "<unknown>", limit),
-            "module": safe_text(module, limit) if module else None,
+            "filename": filename,
+            "abs_path": abs_path,
+            "function": function,
+            "module": module_text,
             "lineno": lineno,
             "pre_context": pre,
             "context_line": line,
             "post_context": post,
-            "in_app": self.in_app(code, abs_path, module),
+            "in_app": in_app,
         }
         # Characters, with a per-frame allowance for the JSON around them: the payload
         # turns it into a bound in bytes (see ``_payload``), so every text field counts.
-        size = 160 + len(frame["filename"]) + len(frame["abs_path"] or "")
-        size += len(frame["function"]) + len(frame["module"] or "")
-        size += sum(len(s) for s in pre) + sum(len(s) for s in post) + len(line or "")
+        size += len(function) + sum(map(len, pre)) + sum(map(len, post)) + len(line or "")
         return frame, size
+
+    def _place(
+        self, code: CodeType, raw_path: str, module: str | None
+    ) -> tuple[str, str | None, str | None, bool, int]:
+        """A frame's location fields, which depend on its file and module alone."""
+        limit = self.options.max_line_length
+        is_pseudo = raw_path.startswith("<") and raw_path.endswith(">")
+        abs_path = raw_path if is_pseudo or not raw_path else os.path.abspath(raw_path)
+        filename = safe_text(_relative_filename(abs_path, module) or "<unknown>", limit)
+        abs_text = safe_text(abs_path, limit) if abs_path else None
+        module_text = safe_text(module, limit) if module else None
+        in_app = self.in_app(code, abs_path, module)
+        size = 160 + len(filename) + len(abs_text or "") + len(module_text or "")
+        place = (filename, abs_text, module_text, in_app, size)
+        with self._lock:
+            if len(self._places) >= _CACHE_LIMIT:
+                self._places.clear()
+            self._places[(raw_path, module)] = place
+        return place
 
     def _source_context(
         self, path: str, lineno: int | None, module: str | None
@@ -147,12 +177,18 @@ class FrameBuilder:
         if lineno is None or not path:
             return [], None, []
         try:
-            module_globals = None
-            if module and not os.path.exists(path):
-                # Zip imports and the like: linecache asks the module's loader.
-                loaded = sys.modules.get(module)
-                module_globals = getattr(loaded, "__dict__", None)
-            lines = linecache.getlines(path, module_globals)
+            # What linecache.getlines() returns for a file it holds, without asking the
+            # file system whether it exists (a stat per frame) first.
+            entry = linecache.cache.get(path)
+            if entry is not None and len(entry) != 1:
+                lines = entry[2]
+            else:
+                module_globals = None
+                if module and not os.path.exists(path):
+                    # Zip imports and the like: linecache asks the module's loader.
+                    loaded = sys.modules.get(module)
+                    module_globals = getattr(loaded, "__dict__", None)
+                lines = linecache.getlines(path, module_globals)
         except Exception:
             return [], None, []
         index = lineno - 1
@@ -162,16 +198,32 @@ class FrameBuilder:
         options = self.options
         n, limit = options.context_lines, options.max_line_length
         first = max(0, index - n)
-        if options.redact_secrets:
-            # Source lines too can hold credentials (a hard-coded DSN); built once per
-            # site. Redacted before the cut (see ``_redact``), so a token crossing it is
-            # filtered whole; the file is checked a chunk at a time, each chunk once.
-            window = options.redactor.source_lines(lines, first, index + 1 + n, limit)
-        else:
-            window = [s.rstrip("\r\n") for s in lines[first : index + 1 + n]]
-        window = [safe_text(s, limit) for s in window]
+        end = min(index + 1 + n, len(lines))
+        texts = self._texts.get(id(lines))
+        if texts is None or texts[0] is not lines:
+            with self._lock:
+                if len(self._texts) >= _SOURCE_FILES:
+                    self._texts.clear()
+                texts = (lines, [None] * len(lines), [None] * len(lines))
+                self._texts[id(lines)] = texts
+        # Source lines too can hold credentials (a hard-coded DSN); each is redacted before
+        # the cut (see ``_redact``), so a token crossing it is filtered whole; the file is
+        # checked a chunk at a time, each chunk once.
+        redactor = options.redactor if options.redact_secrets else None
+        checked = redactor is not None and redactor.window_suspect(lines, first, end, limit)
+        sent = texts[2] if checked else texts[1]
+        window = sent[first:end]
+        if None in window:
+            for i in range(first, end):
+                if sent[i] is None:
+                    text = lines[i].rstrip("\r\n")
+                    if checked:
+                        assert redactor is not None
+                        text = redactor.checked_line(text, limit)
+                    sent[i] = safe_text(text, limit)
+            window = sent[first:end]
         at = index - first
-        return window[:at], window[at], window[at + 1 :]
+        return window[:at], window[at], window[at + 1 :]  # type: ignore[return-value]
 
     def in_app_code(self, code: CodeType, module: object) -> bool:
         """``in_app`` from the code object alone (for the caller's thread: cached)."""

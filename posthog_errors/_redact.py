@@ -492,6 +492,15 @@ class Redactor:
         more, and only the lines of a suspect chunk that hold one are redacted.
         """
         start, end = max(0, start), min(end, len(lines))
+        window = [line.rstrip("\r\n") for line in lines[start:end]]
+        if not self.window_suspect(lines, start, end, limit):
+            return window
+        return [self.checked_line(line, limit) for line in window]
+
+    def window_suspect(self, lines: list[str], start: int, end: int, limit: int) -> bool:
+        """Whether ``lines[start:end]`` touches a suspect chunk (see :meth:`source_lines`):
+        then each of its lines is checked on its own (:meth:`checked_line`)."""
+        start, end = max(0, start), min(end, len(lines))
         # No lock: dict operations are atomic, and two threads checking one chunk at once
         # reach the same verdict.
         entry = self._sources.get(id(lines))
@@ -510,13 +519,13 @@ class Redactor:
                 verdict = 2 if long_line or self.might_hold_secret("\n".join(block)) else 1
                 verdicts[chunk] = verdict
             suspect = suspect or verdict == 2
-        window = [line.rstrip("\r\n") for line in lines[start:end]]
-        if not suspect:
-            return window
-        return [
-            self.text(line, limit) if len(line) > limit or self.might_hold_secret(line) else line
-            for line in window
-        ]
+        return suspect
+
+    def checked_line(self, line: str, limit: int) -> str:
+        """One source line (its line end stripped) of a suspect window, as
+        :meth:`source_lines` returns it: redacted and cut when it could hold a secret or is
+        over ``limit``."""
+        return self.text(line, limit) if len(line) > limit or self.might_hold_secret(line) else line
 
     def guard_end(self, text: str) -> str:
         """``text`` (which was cut at its end) with a partial secret at its end filtered."""
