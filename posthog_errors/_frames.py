@@ -183,12 +183,14 @@ class FrameBuilder:
             if entry is not None and len(entry) != 1:
                 lines = entry[2]
             else:
-                module_globals = None
-                if module and not os.path.exists(path):
-                    # Zip imports and the like: linecache asks the module's loader.
+                lines = linecache.getlines(path)
+                if not lines and module:
+                    # Zip imports and the like (no such file): linecache asks the module's
+                    # loader.
                     loaded = sys.modules.get(module)
                     module_globals = getattr(loaded, "__dict__", None)
-                lines = linecache.getlines(path, module_globals)
+                    if module_globals is not None:
+                        lines = linecache.getlines(path, module_globals)
         except Exception:
             return [], None, []
         index = lineno - 1
