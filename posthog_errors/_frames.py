@@ -28,6 +28,7 @@ from types import CodeType
 from typing import Any
 
 from posthog_errors._options import PayloadOptions
+from posthog_errors._redact import CHUNK
 
 __all__ = ["FrameBuilder", "safe_text", "site_key"]
 
@@ -53,6 +54,7 @@ _STDLIB_PREFIXES = _stdlib_prefixes()
 
 # (co_filename, co_name, line, module name): everything a frame dict is built from.
 _FrameKey = tuple[str, str, "int | None", "str | None"]
+_Texts = tuple[list[str], "list[str | None]", "list[str | None]", bytearray]
 
 
 def site_key(code: CodeType, lineno: int | None) -> tuple[str, str, int, int | None]:
@@ -100,11 +102,12 @@ class FrameBuilder:
         # and their size: the same for every frame of a file.
         self._places: dict[tuple[str, str | None], tuple[str, str | None, str | None, bool, int]]
         self._places = {}
-        # id(linecache's lines of a file) -> (those lines, each line as sent when its window
-        # is clean, and when it is checked line by line; None until a frame needs it): a
-        # line shared by several frames' context is stripped, redacted and made encodable
-        # once. Kept while linecache keeps the same list.
-        self._texts: dict[int, tuple[list[str], list[str | None], list[str | None]]] = {}
+        # file -> (linecache's lines of it, each line as sent when its window is clean, and
+        # when it is checked line by line, None until a frame needs it; the redaction
+        # verdict of each chunk of lines, 0 until needed): a line shared by several frames'
+        # context is stripped, redacted and made encodable once. Kept while linecache
+        # keeps the same list.
+        self._texts: dict[str, _Texts] = {}
         self._lock = threading.RLock()  # C-level, re-entrant: a signal handler may capture here
 
     def frame(
@@ -199,33 +202,46 @@ class FrameBuilder:
             return [], None, []
         options = self.options
         n, limit = options.context_lines, options.max_line_length
-        first = max(0, index - n)
+        first = index - n if index > n else 0
         end = min(index + 1 + n, len(lines))
-        texts = self._texts.get(id(lines))
+        texts = self._texts.get(path)
         if texts is None or texts[0] is not lines:
-            with self._lock:
-                if len(self._texts) >= _SOURCE_FILES:
-                    self._texts.clear()
-                texts = (lines, [None] * len(lines), [None] * len(lines))
-                self._texts[id(lines)] = texts
+            texts = self._new_texts(path, lines)
         # Source lines too can hold credentials (a hard-coded DSN); each is redacted before
-        # the cut (see ``_redact``), so a token crossing it is filtered whole; the file is
-        # checked a chunk at a time, each chunk once.
-        redactor = options.redactor if options.redact_secrets else None
-        checked = redactor is not None and redactor.window_suspect(lines, first, end, limit)
+        # the cut (see ``_redact``), so a token crossing it is filtered whole. The file is
+        # checked a chunk at a time, each chunk once: a window touching a suspect chunk has
+        # each of its lines checked, as ``Redactor.source_lines`` does.
+        checked = False
+        if options.redact_secrets:
+            verdicts = texts[3]
+            for chunk in range(first // CHUNK, (end - 1) // CHUNK + 1):
+                verdict = verdicts[chunk]
+                if verdict == 0:
+                    block = lines[chunk * CHUNK : (chunk + 1) * CHUNK]
+                    verdict = 2 if options.redactor.chunk_suspect(block, limit) else 1
+                    verdicts[chunk] = verdict
+                if verdict == 2:
+                    checked = True
         sent = texts[2] if checked else texts[1]
-        window = sent[first:end]
-        if None in window:
+        pre, line, post = sent[first:index], sent[index], sent[index + 1 : end]
+        if line is None or None in pre or None in post:
             for i in range(first, end):
                 if sent[i] is None:
                     text = lines[i].rstrip("\r\n")
                     if checked:
-                        assert redactor is not None
-                        text = redactor.checked_line(text, limit)
+                        text = options.redactor.checked_line(text, limit)
                     sent[i] = safe_text(text, limit)
-            window = sent[first:end]
-        at = index - first
-        return window[:at], window[at], window[at + 1 :]  # type: ignore[return-value]
+            pre, line, post = sent[first:index], sent[index], sent[index + 1 : end]
+        return pre, line, post  # type: ignore[return-value]
+
+    def _new_texts(self, path: str, lines: list[str]) -> _Texts:
+        count = len(lines)
+        texts: _Texts = (lines, [None] * count, [None] * count, bytearray(-(-count // CHUNK)))
+        with self._lock:
+            if len(self._texts) >= _SOURCE_FILES:
+                self._texts.clear()
+            self._texts[path] = texts
+        return texts
 
     def in_app_code(self, code: CodeType, module: object) -> bool:
         """``in_app`` from the code object alone (for the caller's thread: cached)."""

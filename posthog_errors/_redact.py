@@ -288,6 +288,7 @@ _TAIL = 600
 _CUT_MARK = "..."
 # Source files: lines are checked this many at a time, and verdicts kept for this many files.
 _CHUNK = 32
+CHUNK = _CHUNK  # source lines checked together (see Redactor.source_lines)
 _SOURCE_FILES = 256
 # Bounds of the walk over user properties: beyond them a value is filtered, never sent
 # unread.
@@ -515,11 +516,17 @@ class Redactor:
             verdict = verdicts[chunk]
             if verdict == 0:
                 block = lines[chunk * _CHUNK : (chunk + 1) * _CHUNK]
-                long_line = max(map(len, block), default=0) > limit
-                verdict = 2 if long_line or self.might_hold_secret("\n".join(block)) else 1
+                verdict = 2 if self.chunk_suspect(block, limit) else 1
                 verdicts[chunk] = verdict
             suspect = suspect or verdict == 2
         return suspect
+
+    def chunk_suspect(self, block: list[str], limit: int) -> bool:
+        """Whether a chunk of ``CHUNK`` source lines (with their line ends) has a line over
+        ``limit`` or could hold a secret: then a window touching it is checked line by
+        line (:meth:`checked_line`)."""
+        long_line = max(map(len, block), default=0) > limit
+        return long_line or self.might_hold_secret("\n".join(block))
 
     def checked_line(self, line: str, limit: int) -> str:
         """One source line (its line end stripped) of a suspect window, as
