@@ -225,12 +225,13 @@ class FrameBuilder:
         sent = texts[2] if checked else texts[1]
         pre, line, post = sent[first:index], sent[index], sent[index + 1 : end]
         if line is None or None in pre or None in post:
-            for i in range(first, end):
-                if sent[i] is None:
-                    text = lines[i].rstrip("\r\n")
-                    if checked:
-                        text = options.redactor.checked_line(text, limit)
-                    sent[i] = safe_text(text, limit)
+            if checked:
+                for i in range(first, end):
+                    if sent[i] is None:
+                        text = options.redactor.checked_line(lines[i].rstrip("\r\n"), limit)
+                        sent[i] = safe_text(text, limit)
+            else:
+                _prepare_chunks(lines, sent, first, end, limit)
             pre, line, post = sent[first:index], sent[index], sent[index + 1 : end]
         return pre, line, post  # type: ignore[return-value]
 
@@ -284,6 +285,30 @@ class FrameBuilder:
         if options.project_root is not None:
             return abs_path.startswith(options.project_root)
         return True
+
+
+def _prepare_chunks(
+    lines: list[str], sent: list[str | None], first: int, end: int, limit: int
+) -> None:
+    """Fill ``sent`` with the lines as sent (line end stripped, :func:`safe_text`) for
+    every chunk of ``CHUNK`` lines that ``[first, end)`` touches, a whole chunk at a time:
+    a chunk whose lines are all short and encodable (the usual case) is checked at once."""
+    for chunk in range(first // CHUNK, (end - 1) // CHUNK + 1):
+        low = chunk * CHUNK
+        if sent[low] is not None:
+            continue  # filled whole before
+        stripped = [text.rstrip("\r\n") for text in lines[low : low + CHUNK]]
+        if max(map(len, stripped)) > limit or not _encodable("\n".join(stripped)):
+            stripped = [safe_text(text, limit) for text in stripped]
+        sent[low : low + len(stripped)] = stripped
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _module_matches(module: str, prefixes: tuple[str, ...]) -> bool:
