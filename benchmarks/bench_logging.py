@@ -451,8 +451,7 @@ def measure_trail_memory(logger: logging.Logger) -> dict[str, Any]:
     held, head = _held_bytes(lambda: context.run(fill, full))
     nodes = _trail_nodes(head)
     held_long, head_long = _held_bytes(lambda: contextvars.Context().run(fill, long_run))
-    step = _steps.nodes(head)[0]
-    parts = {"node": sys.getsizeof(head[0]), "step": sys.getsizeof(step)}
+    parts = {"node": sys.getsizeof(head[0])}  # one flat tuple: the links and the step
     return {
         "max_steps": _steps.MAX_STEPS,
         "records": full,
@@ -890,17 +889,17 @@ def _memory_lines(trail: dict[str, Any], crumbs: dict[str, Any]) -> list[str]:
     return [
         f"Memory per context: a trail holds at most 2 x MAX_STEPS = {bound} nodes (two "
         f"segments of {trail['max_steps']}: when the newest is full it becomes the older "
-        "one, the one before dropped), each holding one step: a tuple of small immutable "
-        "values made when the record was logged (here the template, shared with the call "
-        "site, the arguments tuple (42,), the timestamp, the level and the logger name), "
-        "never the record. For this record "
+        "one, the one before dropped), each one flat tuple of its links and its step: "
+        "small immutable values made when the record was logged (here the template, shared "
+        "with the call site, the arguments tuple (42,), the timestamp, the level and the "
+        "logger name), never the record. For this record "
         f"{trail['per_node']:,.0f} bytes per node (tracemalloc: {trail['bytes']:,} bytes "
         f"held by a context after {trail['records']} records, {trail['nodes']} nodes), so "
         f"about {bound * trail['per_node'] / 1024:,.0f} KiB per context at most; after "
         f"{trail['long_records']:,} records in one context it holds {trail['long_nodes']} "
-        f"nodes, {trail['long_bytes']:,} bytes. sys.getsizeof of the parts: node "
-        f"{parts['node']}, step {parts['step']} bytes; the rest is the values made for the "
-        "record (the timestamp, the arguments tuple). Whatever a record references, a step "
+        f"nodes, {trail['long_bytes']:,} bytes. sys.getsizeof of a node: {parts['node']} "
+        "bytes; the rest is the values made for the record (the timestamp, the arguments "
+        "tuple). Whatever a record references, a step "
         "holds at most about 3,300 characters of text (docs/steps.md).",
         f"sentry-sdk keeps at most {crumbs['max']} breadcrumbs per isolation scope: "
         f"{crumbs['per_breadcrumb']:,.0f} bytes each for this record (tracemalloc: "

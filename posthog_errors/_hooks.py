@@ -21,7 +21,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from posthog_errors import _guard, _queue_logging, _steps
+from posthog_errors import _guard, _steps
 from posthog_errors._reporter import Reporter
 from posthog_errors.handler import STEP_ROUTE
 
@@ -39,7 +39,18 @@ __all__ = [
 ]
 
 Restore = Callable[[], None]
+_ident = threading.get_ident
 _EXITS: tuple[type[BaseException], ...] = (KeyboardInterrupt, SystemExit)
+
+
+# What install()'s logging hook reads on its hot path: module globals, not closure cells
+# (every cell of a closure is copied into its frame on every call, steps or not).
+_get_head, _set_head, _FITS = _steps.HEAD.get, _steps.HEAD.set, _steps.MAX_STEPS
+_PID, _PLAIN_SIZE, _LogRecord = _steps.PID, _steps.PLAIN_RECORD_SIZE, logging.LogRecord
+_MAX_MESSAGE, _MAX_ARGUMENTS = _steps.MAX_MESSAGE_LENGTH, _steps.MAX_ARGUMENTS
+_MAX_ARGUMENT, _MAX_INT, _MIN_INT = _steps.MAX_ARGUMENT_LENGTH, 1 << 63, -(1 << 63)
+_NO_LEVELS: frozenset[int] = frozenset()
+_SLOW: Any = object()
 
 
 class _Switch:
@@ -299,35 +310,76 @@ def install_logging_hook(handler: PostHogHandler) -> Restore:
     logger_class = logging.Logger
     previous = logger_class.callHandlers
     gate = _LevelGate(handler.level)
-    # The common case inline: a record that becomes a step (level routed to steps, logger
-    # known not ignored, no filters on the handler, a trail of this thread with room)
-    # costs a few dict lookups and one ContextVar.set here; anything else goes through
-    # handler.handle().
-    routes, ignored, step_route = handler._routes, handler._ignored_cache, STEP_ROUTE
-    trail, fits, ident = _steps.HEAD, _steps.MAX_STEPS, threading.get_ident
-    pid = _queue_logging.PID
-    freeze = _steps.freeze_record  # the step, made now: never the record itself
+    # The common case inline, no Python call: a record that becomes a step (level routed to
+    # steps, logger known not ignored, no filters on the handler, a short record of this
+    # thread and process, a trail of this thread with room) costs a few checks, one tuple
+    # and one ContextVar.set here: what _steps.add_record does, kept in step with it and
+    # with _steps.freeze_record (attributes are read before ``__dict__``, which makes the
+    # record's dict). Anything else goes through handler.handle().
+    routes, ignored = handler._routes, handler._ignored_cache
+    # Logger name -> the levels at which its records become steps (routes and ignored
+    # names, both cached by the handler and fixed once cached, in one lookup).
+    step_levels: dict[str, set[int]] = {}
 
     def posthog_errors_call_handlers(self: logging.Logger, record: logging.LogRecord) -> None:
         levelno = record.levelno
         if levelno >= gate.lowest:
-            head = trail.get()
-            if (
-                routes.get(levelno) is step_route
-                and ignored.get(record.name) is False
-                and not handler.filters
-                and head is not None
-                and head[2] < fits
-                and head[3] == ident()
-                and record.thread == head[3]  # not another thread's record (a queue's)
-                and record.process == pid[0]
-            ):
-                trail.set((freeze(record), head, head[2] + 1, head[3]))
-            else:
-                try:
-                    handler.handle(record)
-                except Exception as error:
-                    _guard.internal_error(error)
+            try:
+                head = _get_head()
+                name, msg, args = record.name, record.msg, record.args
+                if (
+                    head is not None
+                    and levelno in step_levels.get(name, _NO_LEVELS)
+                    and not handler.filters
+                    and head[1] < _FITS
+                    and record.thread == head[2] == _ident()  # this thread's (not a queue's)
+                    and record.process == _PID[0]
+                    and type(msg) is str
+                    and len(msg) <= _MAX_MESSAGE
+                    and record.exc_info is None
+                    and type(record) is _LogRecord
+                ):
+                    created = record.created  # before __dict__, which makes the record's dict
+                    if len(record.__dict__) != _PLAIN_SIZE:  # extras
+                        args = _SLOW
+                    elif not args:
+                        args = None
+                    elif type(args) is not tuple or len(args) > _MAX_ARGUMENTS:
+                        args = _SLOW
+                    else:
+                        arg: Any
+                        for arg in args:
+                            kind = type(arg)
+                            if kind is int:
+                                if arg > _MAX_INT or arg < _MIN_INT:
+                                    args = _SLOW
+                                    break
+                            elif kind is str:
+                                if len(arg) > _MAX_ARGUMENT:
+                                    args = _SLOW
+                                    break
+                            elif kind is not float and kind is not bool and arg is not None:
+                                args = _SLOW
+                                break
+                    if args is not _SLOW:
+                        # The step, made now: never the record itself (_steps.freeze_record).
+                        _set_head((head, head[1] + 1, head[2], created, levelno, name, msg, args))
+                        previous(self, record)
+                        return
+            except Exception:
+                pass  # an odd record: handle() takes it
+            try:
+                handler.handle(record)
+                name = record.name
+                if (
+                    routes.get(levelno) is STEP_ROUTE
+                    and ignored.get(name) is False
+                    and type(name) is str
+                    and len(step_levels) < 4096
+                ):
+                    step_levels.setdefault(name, set()).add(levelno)
+            except Exception as error:
+                _guard.internal_error(error)
         previous(self, record)
 
     logger_class.callHandlers = posthog_errors_call_handlers  # type: ignore[method-assign]

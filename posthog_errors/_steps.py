@@ -7,7 +7,9 @@ records below the allow list (INFO and WARNING by default), from structlog event
 
 **Per context.** The trail lives in a :class:`contextvars.ContextVar`, so a thread, an
 asyncio task and a web request each see only their own steps. It is a linked list of
-immutable nodes, newest first: adding a step makes a new head and sets the variable. A
+immutable nodes, newest first: adding a step makes a new head and sets the variable (one
+``ContextVar.set`` per step: a copy of a context keeps the trail as it was when it was
+copied, which a mutable segment shared with the copies could not). A
 task created inside a request copies the request's context, so it starts from the
 request's steps and its own additions stay its own; the request never sees them. The
 middlewares start each request with an empty trail (:func:`start_trail`).
@@ -51,6 +53,7 @@ import contextvars
 import datetime
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Mapping
@@ -69,6 +72,8 @@ __all__ = [
     "MAX_MESSAGE_LENGTH",
     "MAX_STEPS",
     "MAX_STEP_BYTES",
+    "PID",
+    "PLAIN_RECORD_SIZE",
     "Step",
     "add_record",
     "add_step",
@@ -113,15 +118,18 @@ _RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None
 # How many attributes a record made by logging has (taskName included where Python has
 # it): a record with more has extras, or was formatted already.
 _PLAIN_RECORD_SIZE = len(vars(logging.LogRecord("", 0, "", 0, "", (), None)))
+PLAIN_RECORD_SIZE = _PLAIN_RECORD_SIZE  # for install()'s logging hook
 _PLAIN = (str, int, float, bool)
 _LogRecord = logging.LogRecord
 
 
-# A node: (step, the next older node of its segment or None, its depth in the segment,
-# the ident of the thread that made it). Plain tuples: a node is made for every step, on
-# the caller's thread. Only the head's thread counts (see "Per thread" above); a node of
-# the same thread reuses the head's ident object, so a step allocates no int.
-Node = tuple[Any, Any, int, int]
+# A node: (the next older node of its segment or None, its depth in the segment, the
+# ident of the thread that made it, *step): one flat tuple, made for every step on the
+# caller's thread (the step's fields are the node's from ``STEP``: no second tuple). Only
+# the head's thread counts (see "Per thread" above); a node of the same thread reuses the
+# head's ident object, so a step allocates no int.
+Node = tuple[Any, ...]
+STEP = 3  # where a node's step starts: ``node[STEP:]`` is the step
 # What a snapshot carries: (newest segment's head, older segment's head or None).
 Trail = tuple[Node, "Node | None"]
 
@@ -135,12 +143,23 @@ _OLDER: contextvars.ContextVar[Node | None] = contextvars.ContextVar(
     "posthog_errors_older_steps", default=None
 )
 _ident = threading.get_ident
+# This process's id, kept current across fork(): a record of another process (through a
+# queue) is its producer's step, never this thread's.
+PID = [os.getpid()]
+
+
+def _forked() -> None:
+    PID[0] = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
 
 
 def freeze_record(record: logging.LogRecord) -> Step:
-    """The step a log record becomes, made now, on the logging thread (the hot path of
-    install()'s hook and of PostHogHandler: keep it to a few type checks; the record's
-    ``__dict__`` is read directly, which is cheaper than its attributes)."""
+    """The step a log record becomes, made now, on the logging thread: a few type checks
+    for the common case, which install()'s hook and :func:`add_record` also make inline
+    (keep the three in step)."""
     try:
         fields = record.__dict__
         msg = fields["msg"]
@@ -264,24 +283,77 @@ def _extras_and_exception(record: logging.LogRecord) -> tuple[Any, Any]:
 
 
 def add_record(record: logging.LogRecord) -> None:
-    """Add a log record to the current context's trail (an explicit PostHogHandler's path;
-    install()'s hook adds steps inline)."""
+    """Add a log record to the current context's trail, unless another thread or process
+    made it (it came through a queue: its producer's step, never this thread's). An explicit
+    PostHogHandler's path; install()'s hook adds steps inline, the same way.
+
+    The common case is inline (the hot path: one Python call from ``handle()``): a short
+    record, as :func:`freeze_record` keeps it, added to this thread's segment with room."""
     head = _HEAD.get()
-    if head is not None and head[3] == _ident():
-        if head[0][0] == record.created and holds_record(record):
-            return  # install()'s hook and an explicit PostHogHandler both saw it
-        if head[2] < MAX_STEPS:  # the common case, inline: room in this thread's segment
-            _HEAD.set((freeze_record(record), head, head[2] + 1, head[3]))
-            return
+    owner = _ident()
+    try:
+        msg, args, created = record.msg, record.args, record.created
+        if (
+            head is not None
+            and head[1] < MAX_STEPS
+            and record.thread == head[2] == owner
+            and record.process == PID[0]
+            and head[3] != created  # else maybe this record's step already (holds_record)
+            and type(msg) is str
+            and len(msg) <= MAX_MESSAGE_LENGTH
+            and record.exc_info is None
+            and type(record) is _LogRecord
+        ):
+            levelno, name = record.levelno, record.name  # before __dict__, which makes a dict
+            if len(record.__dict__) != _PLAIN_RECORD_SIZE:  # extras
+                args = _SLOW
+            elif not args:
+                args = None
+            elif type(args) is not tuple or len(args) > MAX_ARGUMENTS:
+                args = _SLOW
+            else:
+                arg: Any
+                for arg in args:
+                    kind = type(arg)
+                    if kind is int:
+                        if arg > _MAX_INT or arg < _MIN_INT:
+                            args = _SLOW
+                            break
+                    elif kind is str:
+                        if len(arg) > MAX_ARGUMENT_LENGTH:
+                            args = _SLOW
+                            break
+                    elif kind is not float and kind is not bool and arg is not None:
+                        args = _SLOW
+                        break
+            if args is not _SLOW:
+                # head[2]: the head's ident object, so a step allocates no int.
+                _HEAD.set((head, head[1] + 1, head[2], created, levelno, name, msg, args))
+                return
+    except Exception:
+        pass  # an odd record: the slow way
+    if _forwarded(record, owner):
+        return
+    if head is not None and head[2] == owner and holds_record(record):
+        return  # install()'s hook and an explicit PostHogHandler both saw it
     _push(freeze_record(record), head)
+
+
+_SLOW: Any = object()  # arguments freeze_record does not keep as they are
+
+
+def _forwarded(record: logging.LogRecord, owner: int) -> bool:
+    """Whether ``record`` was made on another thread or in another process."""
+    thread, process = getattr(record, "thread", None), getattr(record, "process", None)
+    return (thread is not None and thread != owner) or (process is not None and process != PID[0])
 
 
 def adopt() -> None:
     """Make the current context's trail this thread's (``carry_context()``, which runs a
     function in a copy of its caller's context, steps included, on purpose)."""
     head = _HEAD.get()
-    if head is not None and head[3] != _ident():
-        _HEAD.set((head[0], head[1], head[2], _ident()))
+    if head is not None and head[2] != _ident():
+        _HEAD.set((head[0], head[1], _ident(), *head[STEP:]))
 
 
 def add_step(message: object, **properties: Any) -> None:
@@ -361,9 +433,9 @@ def holds_record(record: logging.LogRecord) -> bool:
     with no arguments, logged within one tick of the clock, could be taken for one: the
     second step would repeat the first exactly); a longer one keeps the record's id()."""
     head = _HEAD.get()
-    if head is None or head[3] != _ident():
+    if head is None or head[2] != _ident():
         return False
-    step = head[0]
+    step = head[STEP:]
     if step[0] != record.created:
         return False
     if len(step) == 5:
@@ -381,7 +453,7 @@ def take_over(trail: Trail | None) -> None:
         _OLDER.set(None)
         return
     head = trail[0]
-    _HEAD.set((head[0], head[1], head[2], _ident()))
+    _HEAD.set((head[0], head[1], _ident(), *head[STEP:]))
     _OLDER.set(trail[1])
 
 
@@ -402,23 +474,23 @@ def _push(item: Step | Mapping[str, Any], head: Node | None = None) -> None:
     if head is None:
         head = _HEAD.get()
     if head is None:
-        _HEAD.set((item, None, 1, _ident()))
-    elif head[3] != _ident():
+        _HEAD.set((None, 1, _ident(), *item))
+    elif head[2] != _ident():
         # Another thread's trail, inherited with the context: this thread starts its own.
         _OLDER.set(None)
-        _HEAD.set((item, None, 1, _ident()))
-    elif head[2] < MAX_STEPS:
-        _HEAD.set((item, head, head[2] + 1, head[3]))
+        _HEAD.set((None, 1, _ident(), *item))
+    elif head[1] < MAX_STEPS:
+        _HEAD.set((head, head[1] + 1, head[2], *item))
     else:
         _OLDER.set(head)
-        _HEAD.set((item, None, 1, head[3]))
+        _HEAD.set((None, 1, head[2], *item))
 
 
 def current() -> Trail | None:
     """The current context's trail, for a snapshot to carry (None: no steps, or only
     another thread's)."""
     head = _HEAD.get()
-    return None if head is None or head[3] != _ident() else (head, _OLDER.get())
+    return None if head is None or head[2] != _ident() else (head, _OLDER.get())
 
 
 def start_trail() -> tuple[contextvars.Token[Node | None], contextvars.Token[Node | None]]:
@@ -443,8 +515,8 @@ def nodes(trail: Trail | None) -> list[Any]:
     items: list[Any] = []
     for node in () if trail is None else trail:
         while node is not None:
-            items.append(node[0])
-            node = node[1]
+            items.append(node[STEP:])
+            node = node[0]
     return items
 
 
@@ -455,8 +527,8 @@ def render(trail: Trail | None, max_bytes: int = MAX_STEP_BYTES) -> list[dict[st
     used = 2  # the list's brackets
     for node in () if trail is None else trail:
         while node is not None and len(steps) < MAX_STEPS:
-            step = _as_step(node[0])
-            node = node[1]
+            step = _as_step(node[STEP:])
+            node = node[0]
             if step is None:
                 continue
             size = len(json.dumps(step, default=str)) + 1

@@ -161,12 +161,10 @@ class PostHogHandler(logging.Handler):
                 ignored = self._ignored_cache.get(name)
                 if ignored is None:
                     ignored = self._is_ignored(name)
-                if (
-                    not ignored
-                    and (not self.filters or self.filter(record))
-                    and not forwarded(record)  # another thread's step (a queue's record)
-                ):
-                    add_step_record(record)  # a step of the trail, not an event
+                if not ignored and (not self.filters or self.filter(record)):
+                    # A step of the trail, not an event; not another thread's or process's
+                    # record (a queue's): add_step_record checks, inline.
+                    add_step_record(record)
             return False
         if _guard.inside_library():
             return False
