@@ -8,6 +8,7 @@ customer's data". Each test asserts on the wire JSON the loopback capture server
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import queue
 import threading
@@ -170,7 +171,7 @@ def test_job_as_a_decorator_sync_and_async(
         raise TimeoutError(f"hourly of {customer} failed")
 
     assert nightly.__name__ == "nightly"
-    assert asyncio.iscoroutinefunction(hourly)
+    assert inspect.iscoroutinefunction(hourly)
     log.info("scheduler step")
     for customer in ("acme-corp", "globex"):
         try:
