@@ -22,6 +22,13 @@ whichever protocol carried it: for v1 that means ``session_id``, ``window_id`` a
 ``PostHog-Sdk-Info`` header, so one assertion holds for both modes. The bytes that crossed
 the wire stay in :attr:`CaptureServer.requests`.
 
+It also receives **PostHog Logs**: OTLP/HTTP JSON on ``POST /i/v1/logs`` with the project key
+as ``Authorization: Bearer <key>`` (or ``?token=``), at most 2 MB a request (413 above, as
+PostHog answers). :meth:`CaptureServer.log_records` flattens every accepted OTLP log record
+into one plain dict (body, severity, time, hex trace/span ids, attributes, resource, scope),
+so tests and ``posthog-errors serve`` read a log the way PostHog's Logs tab shows it; the
+requests themselves stay in :attr:`CaptureServer.log_requests`.
+
 Only ``127.0.0.1`` is ever bound: this is a debugging aid, not something to
 expose. :class:`Fault` lets tests make the server misbehave (error statuses,
 ``Retry-After``, hangs, slow bodies, dropped connections, and v1 per-event verdicts) to
@@ -41,7 +48,15 @@ from urllib.parse import parse_qs, urlsplit
 
 from posthog_errors._loopback import LoopbackServer, QuietHandler
 
-__all__ = ["V1_PATH", "VERDICTS", "CaptureServer", "Fault", "ReceivedRequest"]
+__all__ = [
+    "LOGS_PATH",
+    "LOGS_REQUEST_LIMIT",
+    "V1_PATH",
+    "VERDICTS",
+    "CaptureServer",
+    "Fault",
+    "ReceivedRequest",
+]
 
 # PostHog's own ingestion limit; anything bigger is left unread and answered 400.
 _MAX_BODY = 20 * 1024 * 1024
@@ -54,6 +69,9 @@ _FLAGS_BODY = {
 }
 _OK_BODY = {"status": 1}
 V1_PATH = "/i/v1/analytics/events"
+# PostHog Logs' OTLP/HTTP endpoint and its request cap (bigger bodies are answered 413).
+LOGS_PATH = "/i/v1/logs"
+LOGS_REQUEST_LIMIT = 2 * 1024 * 1024
 # Per-event verdicts a v1 answer may carry; events answered ok or warning are accepted.
 VERDICTS = ("ok", "warning", "drop", "retry")
 _ACCEPTED = ("ok", "warning")
@@ -196,6 +214,97 @@ def _as_ingested(event: dict[str, Any], sdk_info: str) -> dict[str, Any]:
     return {**{key: event[key] for key in keys}, "properties": properties}
 
 
+def _any_value(value: Any) -> Any:
+    """An OTLP JSON ``AnyValue`` as the plain Python value it stands for (None if empty)."""
+    if not isinstance(value, dict):
+        return None
+    if "stringValue" in value:
+        return value["stringValue"]
+    if "boolValue" in value:
+        return bool(value["boolValue"])
+    if "intValue" in value:  # int64 travels as a decimal string in OTLP JSON
+        with contextlib.suppress(TypeError, ValueError):
+            return int(value["intValue"])
+        return value["intValue"]
+    if "doubleValue" in value:
+        with contextlib.suppress(TypeError, ValueError):
+            return float(value["doubleValue"])  # "NaN", "Infinity" are spelled as strings
+        return value["doubleValue"]
+    if "arrayValue" in value:
+        return [_any_value(item) for item in (value["arrayValue"] or {}).get("values", [])]
+    if "kvlistValue" in value:
+        return _key_values((value["kvlistValue"] or {}).get("values", []))
+    if "bytesValue" in value:
+        return value["bytesValue"]  # base64, as it travelled
+    return None
+
+
+def _key_values(pairs: Any) -> dict[str, Any]:
+    """OTLP ``KeyValue`` list → dict (later keys win, as collectors read duplicates)."""
+    if not isinstance(pairs, list):
+        return {}
+    return {
+        str(pair.get("key")): _any_value(pair.get("value"))
+        for pair in pairs
+        if isinstance(pair, dict) and "key" in pair
+    }
+
+
+def _log_records_of(body: Any) -> list[dict[str, Any]] | None:
+    """Every log record of an OTLP ``ExportLogsServiceRequest`` (JSON), flattened; None if
+    the body is not one."""
+    if not isinstance(body, dict) or not isinstance(body.get("resourceLogs"), list):
+        return None
+    records: list[dict[str, Any]] = []
+    for resource_logs in body["resourceLogs"]:
+        if not isinstance(resource_logs, dict):
+            return None
+        resource = _key_values((resource_logs.get("resource") or {}).get("attributes", []))
+        for scope_logs in resource_logs.get("scopeLogs") or []:
+            if not isinstance(scope_logs, dict):
+                return None
+            scope = str((scope_logs.get("scope") or {}).get("name", ""))
+            for record in scope_logs.get("logRecords") or []:
+                if not isinstance(record, dict):
+                    return None
+                records.append(_flat_record(record, resource, scope))
+    return records
+
+
+def _flat_record(record: dict[str, Any], resource: dict[str, Any], scope: str) -> dict[str, Any]:
+    body = _any_value(record.get("body"))
+    if not isinstance(body, str):
+        body = "" if body is None else json.dumps(body, default=str)
+    try:
+        time_unix_nano = int(record.get("timeUnixNano") or record.get("observedTimeUnixNano") or 0)
+    except (TypeError, ValueError):
+        time_unix_nano = 0
+    try:
+        severity_number = int(record.get("severityNumber") or 0)
+    except (TypeError, ValueError):
+        severity_number = 0
+    return {
+        "body": body,
+        "severity_number": severity_number,
+        "severity_text": str(record.get("severityText", "")),
+        "time_unix_nano": time_unix_nano,
+        "trace_id": str(record.get("traceId", "")),
+        "span_id": str(record.get("spanId", "")),
+        "attributes": _key_values(record.get("attributes", [])),
+        "resource": resource,
+        "scope": scope,
+    }
+
+
+def _logs_token(headers: dict[str, str], query: str) -> str:
+    """The project key of a logs request: ``Authorization: Bearer`` or ``?token=``."""
+    lowered = {name.lower(): value for name, value in headers.items()}
+    auth = lowered.get("authorization", "")
+    if auth.startswith("Bearer "):
+        return auth[len("Bearer ") :].strip()
+    return (parse_qs(query).get("token") or [""])[0].strip()
+
+
 class _Handler(QuietHandler):
     @property
     def capture(self) -> CaptureServer:
@@ -238,6 +347,9 @@ class _Handler(QuietHandler):
         if url.path.startswith(_FLAG_PREFIXES):
             self._read_body()
             self._answer(200, _FLAGS_BODY)
+            return
+        if url.path == LOGS_PATH:
+            self._answer_logs(url.query)
             return
         owner = self.capture
         headers = dict(self.headers.items())
@@ -306,6 +418,50 @@ class _Handler(QuietHandler):
         answer = {"results": {uuid: {"result": verdict, **detail} for uuid in results}}
         self._answer(status, answer, extra, fault.drip_seconds)
 
+    def _answer_logs(self, query: str) -> None:
+        """OTLP/HTTP JSON logs, checked as PostHog's logs ingestion checks them."""
+        owner = self.capture
+        headers = dict(self.headers.items())
+        try:
+            length = int(self.headers.get("Content-Length", "0"))
+        except ValueError:
+            length = 0
+        if length > LOGS_REQUEST_LIMIT:  # left unread: answer and hang up
+            owner._record_logs(ReceivedRequest(LOGS_PATH, headers, 413, None), [])
+            self.close_connection = True
+            self._answer(413, {"error": "request body larger than 2 MB"})
+            return
+        raw = self._read_body()
+        encoding = self.headers.get("Content-Encoding", "").strip().lower()
+        try:
+            body = _decode(raw, encoding)
+        except (ValueError, OSError, EOFError, zlib.error):
+            body = None
+        fault = owner._fault
+        if fault.close or fault.hang:
+            owner._record_logs(ReceivedRequest(LOGS_PATH, headers, 0, body), [])
+            if fault.hang:
+                owner._stopping.wait()  # released by stop(), so stopping stays prompt
+            self.close_connection = True
+            return
+        if not _logs_token(headers, query):
+            owner._record_logs(ReceivedRequest(LOGS_PATH, headers, 401, body), [])
+            self._answer(401, {"error": "missing project token"})
+            return
+        records = _log_records_of(body)
+        if records is None:
+            owner._record_logs(ReceivedRequest(LOGS_PATH, headers, 400, body), [])
+            self._answer(400, {"error": "body is not an OTLP ExportLogsServiceRequest"})
+            return
+        status = 200 if fault.drip_seconds > 0 else fault.status
+        extra = {} if fault.retry_after is None else {"Retry-After": _seconds(fault.retry_after)}
+        accepted = 200 <= status < 300
+        owner._record_logs(
+            ReceivedRequest(LOGS_PATH, headers, status, body), records if accepted else []
+        )
+        payload = {} if accepted else {"error": f"fault injected: {status}"}
+        self._answer(status, payload, extra, fault.drip_seconds)
+
     def _read_body(self) -> bytes:
         """Honour Content-Length; missing, bad or oversized reads nothing (so: malformed)."""
         try:
@@ -332,11 +488,15 @@ class CaptureServer(LoopbackServer):
         *,
         fault: Fault | None = None,
         on_event: Callable[[dict[str, Any]], None] | None = None,
+        on_log_record: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self._fault = fault or Fault()
         self._on_event = on_event
+        self._on_log_record = on_log_record
         self._events: list[dict[str, Any]] = []
         self._requests: list[ReceivedRequest] = []
+        self._log_records: list[dict[str, Any]] = []
+        self._log_requests: list[ReceivedRequest] = []
         super().__init__(port)
 
     @property
@@ -378,10 +538,41 @@ class CaptureServer(LoopbackServer):
             self._cond.wait_for(lambda: len(matching()) >= count, timeout)
             return matching()
 
+    def log_records(self) -> list[dict[str, Any]]:
+        """Every accepted PostHog Logs record, flattened (see the module docstring)."""
+        with self._cond:
+            return list(self._log_records)
+
+    @property
+    def log_requests(self) -> list[ReceivedRequest]:
+        """Every ``/i/v1/logs`` request as received, accepted or not."""
+        with self._cond:
+            return list(self._log_requests)
+
+    def wait_for_log_records(self, count: int, *, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """Block until ``count`` log records arrived; on timeout return what there is."""
+        with self._cond:
+            self._cond.wait_for(lambda: len(self._log_records) >= count, timeout)
+            return list(self._log_records)
+
     def clear(self) -> None:
         with self._cond:
             self._events.clear()
             self._requests.clear()
+            self._log_records.clear()
+            self._log_requests.clear()
+
+    def _record_logs(self, request: ReceivedRequest, records: list[dict[str, Any]]) -> None:
+        with self._cond:
+            self._log_requests.append(request)
+            self._log_records.extend(records)
+            self._cond.notify_all()
+        callback = self._on_log_record
+        if callback is None:
+            return
+        for record in records:
+            with contextlib.suppress(Exception):  # a faulty callback must not break the server
+                callback(record)
 
     def _record(self, request: ReceivedRequest, events: list[dict[str, Any]]) -> None:
         with self._cond:
