@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 from posthog_errors._conform import bad_input
 from posthog_errors._delivery import worker
+from posthog_errors._logs_delivery import flush_logs
 from posthog_errors._reporter import default_reporter
 from posthog_errors._stats import STATS
 
@@ -66,14 +68,20 @@ def flush(timeout: float | None = 5.0) -> bool:
 
     "Went out" means handed to the posthog client and drained from its queue, with no
     upload reported failed by the client since the last flush (with capture v1, no event of
-    ours that PostHog answered ``drop`` for, or that ran out of retries).
+    ours that PostHog answered ``drop`` for, or that ran out of retries); and every PostHog
+    Logs record queued so far sent (or given up), in the same ``timeout``.
     """
-    return worker().flush(timeout)
+    deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+    events = worker().flush(timeout)
+    remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+    return flush_logs(remaining) and events
 
 
 def stats() -> dict[str, int]:
     """Counters since start: captured, sent, deduplicated, rate_limited, filtered, dropped,
-    rejected, undelivered, internal_errors, invalid_input.
+    rejected, undelivered, internal_errors, invalid_input; and PostHog Logs' ``logs_*``
+    (queued, sent, filtered, rate_limited, dropped, dropped_queue_full, rejected,
+    undelivered: docs/logs.md).
 
     After a flush, captured equals the sum of the outcomes sent + deduplicated +
     rate_limited + filtered + dropped + rejected + undelivered. ``sent`` is handed to the

@@ -29,9 +29,11 @@ from posthog_errors import _steps
 
 __all__ = [
     "Binding",
+    "as_id",
     "bind",
     "carry_context",
     "current_binding",
+    "current_span",
     "get_distinct_id",
     "get_session_id",
     "remember_binding",
@@ -272,16 +274,27 @@ def caller_properties() -> dict[str, Any] | None:
                 properties.update(tags)
         except Exception:
             pass  # a posthog without context tags
-    trace = sys.modules.get("opentelemetry.trace")
-    if trace is not None:
-        try:
-            span = trace.get_current_span().get_span_context()
-            if span.is_valid:
-                properties["$trace_id"] = format(span.trace_id, "032x")
-                properties["$span_id"] = format(span.span_id, "016x")
-        except Exception:
-            pass  # an opentelemetry-api we cannot read
+    span = current_span()
+    if span is not None:
+        properties["$trace_id"] = format(span[0], "032x")
+        properties["$span_id"] = format(span[1], "016x")
     return properties or None
+
+
+def current_span() -> tuple[int, int] | None:
+    """(trace id, span id) of the active OpenTelemetry span, or None: read only when the app
+    imported ``opentelemetry.trace``. The ``$exception`` events and PostHog Logs both read
+    it here, so a log and the failure of the same span point at each other."""
+    trace = sys.modules.get("opentelemetry.trace")
+    if trace is None:
+        return None
+    try:
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:
+            return int(span.trace_id), int(span.span_id)
+    except Exception:
+        pass  # an opentelemetry-api we cannot read
+    return None
 
 
 def carry_context(function: Callable[P, R]) -> Callable[P, R]:
@@ -317,6 +330,11 @@ def _remembering(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any
     except BaseException as exc:
         remember_binding(exc, _binding.get())
         raise
+
+
+def as_id(value: Any) -> str | None:
+    """An id as events carry it: a non-empty bounded string, or None."""
+    return _as_id(value)
 
 
 def _as_id(value: Any) -> str | None:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from posthog_errors import _guard, _steps
+from posthog_errors import _guard, _logs, _steps
 from posthog_errors._reporter import Reporter
 from posthog_errors.handler import STEP_ROUTE
 
@@ -294,7 +294,7 @@ class _LevelGate:
         self.lowest = sys.maxsize
 
 
-def install_logging_hook(handler: PostHogHandler) -> Restore:
+def install_logging_hook(handler: PostHogHandler, logs: _logs.LogsOptions | None = None) -> Restore:
     """Chain ``logging.Logger.callHandlers``, which every logger calls for every record that
     passed its own level check, ``disabled`` flag and filters.
 
@@ -306,10 +306,16 @@ def install_logging_hook(handler: PostHogHandler) -> Restore:
     ``PostHogHandler`` later in the same call knows the record was sent). sentry-sdk's
     logging integration chains the same method: each sees every record once, in either
     order.
+
+    With ``logs`` (``send_logs``), a record at or above its level is also queued for
+    PostHog Logs (``_logs.submit_record``), after ``handler`` made it an event or a step:
+    one comparison for every other record.
     """
     logger_class = logging.Logger
     previous = logger_class.callHandlers
     gate = _LevelGate(handler.level)
+    logs_gate = _LevelGate(sys.maxsize if logs is None else logs.level)
+    submit_log = _logs.submit_record
     # The common case inline, no Python call: a record that becomes a step (level routed to
     # steps, logger known not ignored, no filters on the handler, a short record of this
     # thread and process, a trail of this thread with room) costs a few checks, one tuple
@@ -364,6 +370,8 @@ def install_logging_hook(handler: PostHogHandler) -> Restore:
                     if args is not _SLOW:
                         # The step, made now: never the record itself (_steps.freeze_record).
                         _set_head((head, head[1] + 1, head[2], created, levelno, name, msg, args))
+                        if levelno >= logs_gate.lowest:
+                            submit_log(logs, record)  # type: ignore[arg-type]
                         previous(self, record)
                         return
             except Exception:
@@ -380,12 +388,15 @@ def install_logging_hook(handler: PostHogHandler) -> Restore:
                     step_levels.setdefault(name, set()).add(levelno)
             except Exception as error:
                 _guard.internal_error(error)
+        if levelno >= logs_gate.lowest:
+            submit_log(logs, record)  # type: ignore[arg-type]
         previous(self, record)
 
     logger_class.callHandlers = posthog_errors_call_handlers  # type: ignore[method-assign]
 
     def restore() -> None:
         gate.switch_off()
+        logs_gate.switch_off()
         if logger_class.callHandlers is posthog_errors_call_handlers:
             logger_class.callHandlers = previous  # type: ignore[method-assign]
 

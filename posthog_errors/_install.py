@@ -21,6 +21,7 @@ from posthog_errors import (
     _extensions,
     _guard,
     _hooks,
+    _logs,
     _queue_logging,
     _rate_limit,
     _reporter,
@@ -30,6 +31,7 @@ from posthog_errors import (
 from posthog_errors._client import warm_up_posthog
 from posthog_errors._conform import bad_input
 from posthog_errors._delivery import worker
+from posthog_errors._logs_delivery import LOGS
 from posthog_errors._reporter import BeforeSend, Reporter
 from posthog_errors.handler import PostHogHandler
 
@@ -122,6 +124,8 @@ def install(
     max_queue_size: int = 1000,
     shutdown_timeout: float = 2.0,
     flush_on_signals: bool = True,
+    send_logs: str | int | None = None,
+    before_send_log: _logs.BeforeSendLog | None = None,
 ) -> Installation:
     """Report every failure of this process to PostHog.
 
@@ -148,6 +152,10 @@ def install(
     ``flush_on_signals`` flushes, within ``shutdown_timeout``, before ``SIGTERM``,
     ``SIGHUP`` or ``SIGINT`` ends the process at its default disposition (uvicorn's re-raise
     too); the process still ends by that signal, with the same exit status.
+    ``send_logs`` (a level: ``"info"``, ``logging.INFO``) sends every record at or above it,
+    from every logger (and loguru), to PostHog Logs, with the person, session and trace of
+    the code that logged it; ``before_send_log`` edits or drops each one (docs/logs.md).
+    None (the default) sends none.
 
     Calling it again while installed returns the existing installation, and warns naming
     the options that differ (they are ignored). Bad options raise ``ValueError``/
@@ -165,6 +173,11 @@ def install(
             raise ValueError(f"max_queue_size must be an int >= 1, got {max_queue_size!r}")
         if not isinstance(shutdown_timeout, (int, float)) or shutdown_timeout < 0:
             raise ValueError(f"shutdown_timeout must be seconds >= 0, got {shutdown_timeout!r}")
+        logs_threshold = _logs.logs_level(send_logs)
+        if logs_threshold is not None and not logs:
+            raise ValueError("send_logs needs logs=True: the logging hook is what sends them")
+        if logs_threshold is None and before_send_log is not None:
+            raise ValueError("before_send_log needs send_logs (a level): no log is sent without")
         reporter = Reporter(
             client,
             api_key=api_key,
@@ -193,7 +206,13 @@ def install(
             if logs
             else None
         )
+        logs_options = (
+            None
+            if logs_threshold is None or handler is None
+            else _logs.LogsOptions(logs_threshold, reporter, before_send_log, handler)
+        )
         _rate_limit.configure(rate_limit)
+        LOGS.shutdown_timeout = float(shutdown_timeout)
         delivery = worker()
         delivery.max_queue = max_queue_size
         delivery.shutdown_timeout = float(shutdown_timeout)
@@ -224,7 +243,7 @@ def install(
             restores.append(_hooks.install_asyncio_hook(reporter))
         if handler is not None:
             _warn_if_never_made(handler)
-            restores.append(_hooks.install_logging_hook(handler))
+            restores.append(_hooks.install_logging_hook(handler, logs_options))
         # The Sentry bridge, now or as sentry_sdk is imported: before Sentry's first event.
         try:
             _extensions.load_integrations()
@@ -236,6 +255,8 @@ def install(
             "capture_messages": capture_messages,
             "steps": steps,
             "steps_levels": steps_levels,
+            "send_logs": send_logs,
+            "before_send_log": before_send_log,
         }
         for name, wanted, settings in (
             ("celery", celery, {}),

@@ -31,11 +31,13 @@ import functools
 import inspect
 import signal
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from types import FrameType, TracebackType
 from typing import Any, TypeVar
 
 from posthog_errors import _guard
+from posthog_errors._logs_delivery import flush_logs
 from posthog_errors._prompt import flush_for_signal
 
 __all__ = [
@@ -92,7 +94,10 @@ def posthog_errors_signal_handler(signum: int, frame: FrameType | None) -> None:
         hooks.flushing = True
         try:
             with _guard.library_code():
+                deadline = time.monotonic() + hooks.timeout
                 flush_for_signal(hooks.timeout)
+                # PostHog Logs: SimpleQueue calls only, bounded by what is left.
+                flush_logs(max(0.0, deadline - time.monotonic()))
         except Exception as error:
             _guard.internal_error(error, reraise=False)
         finally:
@@ -184,7 +189,9 @@ def flush_at_server_shutdown() -> None:
     try:
         with _guard.library_code():
             delivery = worker()
+            deadline = time.monotonic() + delivery.shutdown_timeout
             delivery.flush(delivery.shutdown_timeout)
+            flush_logs(max(0.0, deadline - time.monotonic()))
     except Exception as error:
         _guard.internal_error(error, reraise=False)
 
@@ -222,7 +229,9 @@ class Invocation:
             if isinstance(exc, Exception):
                 capture_exception(exc)  # once: a door that already reported it wins
             timeout = worker().shutdown_timeout if self.timeout is None else self.timeout
+            deadline = time.monotonic() + timeout
             worker().flush(timeout)
+            flush_logs(max(0.0, deadline - time.monotonic()))
         except Exception as error:
             _guard.internal_error(error, reraise=False)
 

@@ -12,7 +12,8 @@ and then reported lost: PostHog refused them (capture v1's per-event ``drop``, o
 request), or the client gave up on retries or the network. They were counted ``sent`` when
 handed over and leave ``sent`` when the report comes, so ``sent`` never includes an event
 known lost. ``internal_errors`` counts the library's own bugs that the guard swallowed;
-``invalid_input`` counts run-time bad input that was given a safe fallback.
+``invalid_input`` counts run-time bad input that was given a safe fallback. The ``logs_*``
+counters are PostHog Logs' own (``_logs_delivery`` says how they add up).
 """
 
 from __future__ import annotations
@@ -32,6 +33,17 @@ COUNTER_NAMES = (
     "undelivered",
     "internal_errors",
     "invalid_input",
+    # PostHog Logs (``_logs_delivery``): after a flush, logs_queued == logs_sent +
+    # logs_filtered + logs_rate_limited + logs_dropped + logs_rejected + logs_undelivered;
+    # logs_dropped_queue_full were never queued (the byte budget was spent).
+    "logs_queued",
+    "logs_sent",
+    "logs_filtered",
+    "logs_rate_limited",
+    "logs_dropped",
+    "logs_dropped_queue_full",
+    "logs_rejected",
+    "logs_undelivered",
 )
 
 

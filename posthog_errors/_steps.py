@@ -82,6 +82,7 @@ __all__ = [
     "end_trail",
     "freeze_record",
     "holds_record",
+    "make_step",
     "nodes",
     "render",
     "start_trail",
@@ -114,6 +115,8 @@ _RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None
     "asctime",
     "taskName",
     "_posthog_errors_sent",
+    "_posthog_errors_event_uuid",
+    "_posthog_errors_logged",
 }
 # How many attributes a record made by logging has (taskName included where Python has
 # it): a record with more has extras, or was formatted already.
@@ -422,6 +425,11 @@ def _step(message: object, properties: dict[str, Any]) -> Step:
         None,
         0,
     )
+
+
+# A step of a message and properties, bounded (add_step()'s; PostHog Logs' structlog and
+# loguru records are frozen the same way).
+make_step = _step
 
 
 def holds_record(record: logging.LogRecord) -> bool:

@@ -12,6 +12,7 @@ import contextvars
 import importlib
 import logging
 import reprlib
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -26,6 +27,13 @@ from posthog_errors._log_message import (
     message_rate_key,
     record_was_sent,
     was_sent_by_structlog,
+)
+from posthog_errors._logs import (
+    EVENT_UUID_ATTR,
+    BeforeSendLog,
+    LogsOptions,
+    logs_level,
+    submit_record,
 )
 from posthog_errors._queue_logging import Carried, carried_of, forwarded, from_traceback_text
 from posthog_errors._reporter import BeforeSend, EventFields, Reporter
@@ -48,6 +56,8 @@ _RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None
     "asctime",
     "taskName",
     "_posthog_errors_sent",
+    "_posthog_errors_event_uuid",
+    "_posthog_errors_logged",
     _queue_logging.CARRIED_ATTR,
 }
 
@@ -67,6 +77,8 @@ class PostHogHandler(logging.Handler):
     from one line share one budget. ``levels`` is an allow list, not a threshold:
     ``["debug", "error"]`` sends DEBUG and ERROR records only. ``redact_secrets``,
     ``redact_keys`` and ``redact_patterns`` are :func:`posthog_errors.install`'s.
+    ``send_logs`` (a level: ``"info"``) also sends every record at or above it to PostHog
+    Logs, through ``before_send_log`` (docs/logs.md); None (the default) sends none.
     """
 
     def __init__(
@@ -93,8 +105,12 @@ class PostHogHandler(logging.Handler):
         steps: bool | str = True,
         steps_levels: str | int | Iterable[str | int] = ("info", "warning"),
         reporter: Reporter | None = None,
+        send_logs: str | int | None = None,
+        before_send_log: BeforeSendLog | str | None = None,
     ) -> None:
         self.levels = LevelAllowList(levels)
+        logs_threshold = logs_level(send_logs)
+        self._logs_level = sys.maxsize if logs_threshold is None else logs_threshold
         # Records below the allow list at these levels become exception steps (``_steps``).
         self.steps = LevelAllowList(steps_levels) if _boolean("steps", steps) else None
         self._routes: dict[int, object] = {}  # levelno -> _EVENT, _STEP or _NOTHING
@@ -125,6 +141,15 @@ class PostHogHandler(logging.Handler):
                 service=service,
             )
         self.reporter = reporter
+        self.logs: LogsOptions | None = None
+        if logs_threshold is not None:
+            self.logs = LogsOptions(
+                logs_threshold, reporter, _imported(before_send_log, "before_send_log"), self
+            )
+            # Only then: every other handler keeps handle() as the class has it.
+            self.handle = self._handle_and_send_log  # type: ignore[method-assign]
+        elif before_send_log is not None:
+            raise ValueError("before_send_log needs send_logs (a level): no log is sent without")
 
     def setLevel(self, level: int | str) -> None:
         """Never below the lowest allowed level, so unwanted records cost nothing."""
@@ -146,7 +171,17 @@ class PostHogHandler(logging.Handler):
     def _lowest(self) -> int:
         """The lowest level this handler looks at: the allow list's, or the steps' below it."""
         steps = self.steps
-        return self.levels.lowest if steps is None else min(self.levels.lowest, steps.lowest)
+        lowest = self.levels.lowest if steps is None else min(self.levels.lowest, steps.lowest)
+        return min(lowest, getattr(self, "_logs_level", lowest))
+
+    def _handle_and_send_log(self, record: logging.LogRecord) -> bool:
+        """``handle()`` with ``send_logs``: the record becomes an event or a step as ever,
+        then, at or above ``send_logs``, a log of PostHog Logs (with that event's uuid)."""
+        sent = PostHogHandler.handle(self, record)
+        logs = self.logs
+        if logs is not None and record.levelno >= logs.level:
+            submit_record(logs, record)
+        return sent
 
     def handle(self, record: logging.LogRecord) -> bool:
         # No handler lock: emit() shares no state between calls. The common case, a record
@@ -215,7 +250,7 @@ class PostHogHandler(logging.Handler):
             # Reported (or deduplicated) here: a QueueListener further on must not send
             # this record again as a message.
             mark_record_sent(record)
-            self.reporter.capture(
+            event_uuid = self.reporter.capture(
                 exc,
                 level=level,
                 handled=True,
@@ -225,6 +260,8 @@ class PostHogHandler(logging.Handler):
                 session_id=session_id,
                 properties=properties,
             )
+            if event_uuid:  # PostHog Logs' record of it points at the event (``_logs``)
+                record.__dict__[EVENT_UUID_ATTR] = event_uuid
         elif self.capture_messages and not was_sent_by_structlog(record, message):
             mark_record_sent(record)
             frames, omitted = call_site_frames(self.reporter.options.max_frames)
@@ -232,7 +269,7 @@ class PostHogHandler(logging.Handler):
             event_fingerprint = (
                 _extra_fingerprint(extras) or grouping or fingerprint(record.name, template)
             )
-            self.reporter.capture_message(
+            event_uuid = self.reporter.capture_message(
                 message,
                 fingerprint=event_fingerprint,
                 rate_key=message_rate_key(record.name, record, frames, grouping, event_fingerprint),
@@ -243,6 +280,8 @@ class PostHogHandler(logging.Handler):
                 session_id=session_id,
                 properties=properties,
             )
+            if event_uuid:
+                record.__dict__[EVENT_UUID_ATTR] = event_uuid
 
     def _emit_carried(
         self, record: logging.LogRecord, carried: Carried, extras: dict[str, Any]

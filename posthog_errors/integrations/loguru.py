@@ -42,7 +42,7 @@ except ImportError as error:  # pragma: no cover - exercised without the extra i
         "posthog_errors.loguru needs loguru: pip install 'posthog-errors[loguru]'"
     ) from error
 
-from posthog_errors import _guard, _steps
+from posthog_errors import _guard, _logs, _steps
 from posthog_errors._conform import warn_once
 from posthog_errors._levels import LevelAllowList, posthog_level
 from posthog_errors._log_message import (
@@ -72,6 +72,9 @@ _PLAIN = (str, int, float, bool)
 _Seen = tuple[int, datetime.datetime]
 _sent_as_event: contextvars.ContextVar[_Seen | None] = contextvars.ContextVar(
     "posthog_errors_loguru_event", default=None
+)
+_sent_as_log: contextvars.ContextVar[_Seen | None] = contextvars.ContextVar(
+    "posthog_errors_loguru_log", default=None
 )
 _kept_as_step: contextvars.ContextVar[_Seen | None] = contextvars.ContextVar(
     "posthog_errors_loguru_step", default=None
@@ -156,8 +159,15 @@ class PostHogSink:
         steps: bool = True,
         steps_levels: str | int | Iterable[str | int] = ("info", "warning"),
         reporter: Reporter | None = None,
+        send_logs: str | int | None = None,
+        before_send_log: _logs.BeforeSendLog | None = None,
     ) -> None:
         self.levels = LevelAllowList(_loguru_levels(levels))
+        # loguru's own level names first ("SUCCESS", "TRACE" are loguru's, not logging's).
+        named = _loguru_level_number(send_logs) if isinstance(send_logs, str) else None
+        logs_threshold = _logs.logs_level(send_logs if named is None else named)
+        if logs_threshold is None and before_send_log is not None:
+            raise ValueError("before_send_log needs send_logs (a level): no log is sent without")
         # Records below the allow list at these levels become exception steps (``_steps``).
         self.steps = LevelAllowList(_loguru_levels(steps_levels)) if steps else None
         self.capture_messages = bool(capture_messages)
@@ -182,6 +192,12 @@ class PostHogSink:
             },
             reporter,
         )
+        # The reporter is resolved per log on the worker (install()'s may come later).
+        self.logs = (
+            None
+            if logs_threshold is None
+            else _logs.LogsOptions(logs_threshold, self._reporter, before_send_log)
+        )
 
     @property
     def lowest(self) -> int:
@@ -190,6 +206,8 @@ class PostHogSink:
         lowest = self.levels.lowest
         if self.steps is not None:
             lowest = min(lowest, self.steps.lowest)
+        if self.logs is not None:
+            lowest = min(lowest, self.logs.level)
         return lowest
 
     @property
@@ -207,20 +225,63 @@ class PostHogSink:
         try:
             record: Record | None = getattr(message, "record", None)
             if isinstance(record, dict):
-                self._process(record, sys._getframe(1))
+                caller = sys._getframe(1)
+                event_uuid = self._process(record, caller)
+                if self.logs is not None:
+                    self._send_log(record, caller, event_uuid)
         except Exception as error:
             _guard.internal_error(error)
 
-    def _process(self, record: Record, caller: FrameType | None) -> None:
+    def _send_log(self, record: Record, caller: FrameType | None, event_uuid: str | None) -> None:
+        """The record as a PostHog Logs record, at or above ``send_logs``: loguru's
+        ``extra`` as attributes. Once: a stdlib record forwarded to loguru was sent by the
+        logging doors already, and another PostHogSink may have had this one."""
+        logs = self.logs
+        assert logs is not None
         levelno = record["level"].no
-        allowed = self.levels.allows(levelno)
-        steps = self.steps
-        if not allowed and (steps is None or not steps.allows(levelno)):
+        if levelno < logs.level:
             return
         name = record["name"]
         logger_name = name if isinstance(name, str) and name else "loguru"
         if self._is_ignored(logger_name):
             return
+        seen = (id(record), record["time"])
+        if _sent_as_log.get() == seen:
+            return
+        _sent_as_log.set(seen)
+        on_caller = record["thread"].id == threading.get_ident()
+        forwarded = _forwarded_record(_log_frame(caller)) if on_caller else None
+        if forwarded is not None and _logs.LOGGED_ATTR in forwarded.__dict__:
+            return  # install()'s logging hook (or a PostHogHandler) sent it
+        extra = record["extra"]
+        exception = record["exception"]
+        attributes: dict[str, Any] = {
+            k: v for k, v in extra.items() if isinstance(k, str) and k not in _ID_KEYS
+        }
+        if exception is not None and isinstance(exception.value, BaseException):
+            attributes.setdefault("exception.type", type(exception.value).__name__)
+        _logs.submit_event(
+            logs,
+            levelno,
+            logger_name,
+            record["message"],
+            attributes,
+            event_uuid=event_uuid,
+            distinct_id=extra.get("distinct_id"),
+            session_id=extra.get("session_id"),
+        )
+
+    def _process(self, record: Record, caller: FrameType | None) -> str | None:
+        """The record's event uuid when it became an ``$exception`` event."""
+        levelno = record["level"].no
+        allowed = self.levels.allows(levelno)
+        steps = self.steps
+        if not allowed and (steps is None or not steps.allows(levelno)):
+            return None
+        name = record["name"]
+        logger_name = name if isinstance(name, str) and name else "loguru"
+        if self._is_ignored(logger_name):
+            return None
         # Synchronous (enqueue=False): the sink runs on the thread that logged, inside
         # loguru's Logger._log. On loguru's writer thread the caller's context is gone.
         on_caller = record["thread"].id == threading.get_ident()
@@ -238,7 +299,7 @@ class PostHogSink:
             if on_caller and _kept_as_step.get() != seen:
                 _kept_as_step.set(seen)
                 self._add_step(record, logger_name, levelno, _forwarded_record(log_frame))
-            return
+            return None
         forwarded = _forwarded_record(log_frame)
         extra = record["extra"]
         exception = record["exception"]
@@ -257,7 +318,7 @@ class PostHogSink:
         if value is not None:
             if text:
                 properties.setdefault("log_message", text)
-            reporter.capture(
+            return reporter.capture(
                 value,
                 level=level,
                 handled=True,
@@ -267,13 +328,12 @@ class PostHogSink:
                 session_id=session_id,
                 properties=properties,
             )
-            return
         if not self.capture_messages or _sent_as_event.get() == seen:
-            return  # (an exception is sent once by its own mark)
+            return None  # (an exception is sent once by its own mark)
         _sent_as_event.set(seen)
         if forwarded is not None:
             if record_was_sent(forwarded):
-                return  # install()'s logging hook (or a PostHogHandler) already sent it
+                return None  # install()'s logging hook (or a PostHogHandler) already sent it
             mark_record_sent(forwarded)  # and a PostHogHandler after this one skips it
         max_frames = reporter.options.max_frames
         site = record["file"].path, record["line"]
@@ -290,7 +350,7 @@ class PostHogSink:
             grouping = group
         manual = extra.get("$exception_fingerprint")
         rate_key: Hashable = (logger_name, *site, grouping)
-        reporter.capture_message(
+        return reporter.capture_message(
             text,
             fingerprint=manual if isinstance(manual, str) else group,
             rate_key=rate_key,
@@ -341,6 +401,8 @@ def install_integration(
     capture_messages: bool = True,
     steps: bool = True,
     steps_levels: str | int | Iterable[str | int] = ("info", "warning"),
+    send_logs: str | int | None = None,
+    before_send_log: _logs.BeforeSendLog | None = None,
 ) -> Callable[[], None]:
     """Add a :class:`PostHogSink` sending to ``reporter`` to ``loguru.logger``, for
     ``install()``; returns the undo, which removes it (and is a no-op when the app already
@@ -356,6 +418,8 @@ def install_integration(
         steps=steps,
         steps_levels=steps_levels,
         reporter=reporter,
+        send_logs=send_logs,
+        before_send_log=before_send_log,
     )
     logger = _loguru.logger
     handler_id = logger.add(

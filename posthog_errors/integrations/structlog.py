@@ -21,7 +21,7 @@ except ImportError as error:  # pragma: no cover - exercised without the extra i
         "posthog_errors.structlog needs structlog: pip install 'posthog-errors[structlog]'"
     ) from error
 
-from posthog_errors import _guard, _steps
+from posthog_errors import _guard, _logs, _steps
 from posthog_errors._event_dict import read_event_dict
 from posthog_errors._levels import LevelAllowList, posthog_level
 from posthog_errors._log_message import (
@@ -77,6 +77,9 @@ class PostHogProcessor:
     Events below ``levels`` at ``steps_levels`` (INFO and WARNING) become exception steps
     of the current context, sent with its next ``$exception``; ``steps=False`` turns it
     off.
+
+    ``send_logs`` (a level: ``"info"``) also sends every event at or above it to PostHog
+    Logs, its key-values as attributes, through ``before_send_log`` (docs/logs.md).
     """
 
     def __init__(
@@ -101,10 +104,15 @@ class PostHogProcessor:
         steps: bool = True,
         steps_levels: str | int | Iterable[str | int] = ("info", "warning"),
         reporter: Reporter | None = None,
+        send_logs: str | int | None = None,
+        before_send_log: _logs.BeforeSendLog | None = None,
     ) -> None:
         self.levels = LevelAllowList(levels)
         # Events below the allow list at these levels become exception steps (``_steps``).
         self.steps = LevelAllowList(steps_levels) if steps else None
+        logs_threshold = _logs.logs_level(send_logs)
+        if logs_threshold is None and before_send_log is not None:
+            raise ValueError("before_send_log needs send_logs (a level): no log is sent without")
         self.capture_messages = bool(capture_messages)
         ignored = [ignore_loggers] if isinstance(ignore_loggers, str) else list(ignore_loggers)
         self.ignore_loggers = DEFAULT_IGNORED_LOGGERS + tuple(_logger_patterns(ignored))
@@ -128,6 +136,12 @@ class PostHogProcessor:
             reporter,
         )
         self._warned_misplaced = False  # configuration feedback, not per-call state
+        # The reporter is resolved per log on the worker (install()'s may come later).
+        self.logs = (
+            None
+            if logs_threshold is None
+            else _logs.LogsOptions(logs_threshold, self._reporter, before_send_log)
+        )
 
     @property
     def reporter(self) -> Reporter:
@@ -140,29 +154,70 @@ class PostHogProcessor:
     ) -> MutableMapping[str, Any]:
         if not _guard.inside_library():
             try:
-                self._process(logger, method_name, event_dict)
+                event_uuid = self._process(logger, method_name, event_dict)
+                if self.logs is not None:
+                    self._send_log(logger, method_name, event_dict, event_uuid)
             except Exception as error:
                 _guard.internal_error(error)
         return event_dict
 
-    def _process(self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> None:
+    def _send_log(
+        self,
+        logger: Any,
+        method_name: str,
+        event_dict: MutableMapping[str, Any],
+        event_uuid: str | None,
+    ) -> None:
+        """The event as a PostHog Logs record, at or above ``send_logs``: its key-values as
+        attributes; a stdlib record (``ProcessorFormatter``) as the logging doors send it,
+        once."""
+        logs = self.logs
+        assert logs is not None
+        levelno = _level_number(event_dict.get("level"), method_name)
+        if levelno < logs.level:
+            return
+        record = event_dict.get("_record")
+        if isinstance(record, logging.LogRecord):
+            if event_uuid and _logs.EVENT_UUID_ATTR not in record.__dict__:
+                record.__dict__[_logs.EVENT_UUID_ATTR] = event_uuid
+            _logs.submit_record(logs, record)  # once, if install()'s hook sent it too
+            return
+        logger_name = _logger_name(logger, event_dict, None)
+        if self._is_ignored(logger_name):
+            return
+        attributes = {k: v for k, v in event_dict.items() if k not in _NOT_ATTRIBUTES}
+        _logs.submit_event(
+            logs,
+            levelno,
+            logger_name,
+            event_dict.get("event", ""),
+            attributes,
+            event_uuid=event_uuid,
+            distinct_id=event_dict.get("distinct_id"),
+            session_id=event_dict.get("session_id"),
+        )
+
+    def _process(
+        self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+    ) -> str | None:
+        """The event's uuid when it became an ``$exception`` event."""
         levelno = _level_number(event_dict.get("level"), method_name)
         allowed = self.levels.allows(levelno)
         steps = self.steps
         if not allowed and (steps is None or not steps.allows(levelno)):
-            return
+            return None
         record = event_dict.get("_record")  # set by ProcessorFormatter
         if not isinstance(record, logging.LogRecord):
             record = None
         logger_name = _logger_name(logger, event_dict, record)
         if self._is_ignored(logger_name):
-            return
+            return None
         if not allowed:  # a step of the context's trail, not an event
             if record is not None:
                 _steps.add_record(record)  # once, if install()'s logging hook added it too
             else:
                 _steps.add_event_dict(event_dict, posthog_level(levelno), logger_name)
-            return
+            return None
         view = read_event_dict(event_dict)
         if view.exception is None and "exc_info" not in event_dict:
             self._warn_if_misplaced(event_dict)
@@ -172,7 +227,7 @@ class PostHogProcessor:
         if view.exception is not None:
             if view.message:
                 properties.setdefault("log_message", view.message)
-            reporter.capture(
+            return reporter.capture(
                 view.exception,
                 level=level,
                 handled=True,
@@ -182,19 +237,18 @@ class PostHogProcessor:
                 session_id=view.session_id,
                 properties=properties,
             )
-            return
         if not self.capture_messages or view.message is None:
-            return
+            return None
         if record is not None:
             if record_was_sent(record):
-                return  # the stdlib handler already sent this record
+                return None  # the stdlib handler already sent this record
             mark_record_sent(record)
         mark_structlog_message(event_dict, view.message)
         frames, omitted = call_site_frames(reporter.options.max_frames)
         template, has_args = _template(view.message, view.template, event_dict, record)
         event_fingerprint = fingerprint(logger_name, template)
         grouping = event_fingerprint if has_args else None
-        reporter.capture_message(
+        return reporter.capture_message(
             view.message,
             fingerprint=event_fingerprint,
             rate_key=message_rate_key(logger_name, record, frames, grouping, event_fingerprint),
@@ -227,6 +281,25 @@ class PostHogProcessor:
             RuntimeWarning,
             stacklevel=2,
         )
+
+
+# structlog's own keys: the message, level, logger and time are the log record's fields;
+# the exception and the ids are sent otherwise (exception.*, posthogDistinctId, sessionId).
+_NOT_ATTRIBUTES = frozenset(
+    {
+        "event",
+        "level",
+        "logger",
+        "logger_name",
+        "timestamp",
+        "exc_info",
+        "exception",
+        "stack_info",
+        "positional_args",
+        "distinct_id",
+        "session_id",
+    }
+)
 
 
 def _level_number(level: object, method_name: str) -> int:

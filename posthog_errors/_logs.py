@@ -1,0 +1,283 @@
+"""PostHog Logs, the caller's side: which records go, and the snapshot each becomes.
+
+``send_logs="info"`` (on ``install()``, ``PostHogHandler``, the structlog processor and the
+loguru sink) sends every record at or above that level to PostHog Logs. On the caller's
+thread a record only becomes a small tuple (:func:`submit_record`, :func:`submit_event`):
+
+- its exception step (``_steps.freeze_record``): the message formatting the steps already
+  do, bounded, made at log time; when the logging hook just made this record's step, that
+  very step is reused, so a record that is both a step and a log is formatted once;
+- the person and session (``_context.resolve``, the same chain the ``$exception`` events
+  read) and the active OpenTelemetry span's ids (``_context.current_span``);
+- the uuid of the ``$exception`` event the record became, if it became one
+  (:data:`EVENT_UUID_ATTR`, set by the doors that report records).
+
+The worker (``_logs_delivery``) renders it (:func:`render`), redacts it with the one
+redaction policy, runs ``before_send_log``, caps the rate, encodes (``_otlp``) and sends.
+Nothing here does I/O, formats a big value or takes a lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from posthog_errors import _context, _guard, _steps
+from posthog_errors._bounded import cut
+from posthog_errors._levels import posthog_level
+from posthog_errors._otlp import severity
+
+__all__ = [
+    "ATTR_DISTINCT_ID",
+    "ATTR_EXCEPTION_UUID",
+    "ATTR_LOGGER",
+    "ATTR_SESSION_ID",
+    "EVENT_UUID_ATTR",
+    "LOGGED_ATTR",
+    "BeforeSendLog",
+    "LogSnapshot",
+    "LogsOptions",
+    "logs_level",
+    "render",
+    "submit_event",
+    "submit_record",
+]
+
+# Attribute names on the wire. The first two are PostHog's (sdk-specs logs spec, "Auto-
+# captured context attributes"; the project settings' default keys); the logger's name
+# follows OpenTelemetry's semantic conventions; the exception event's uuid is ours.
+ATTR_DISTINCT_ID = "posthogDistinctId"
+ATTR_SESSION_ID = "sessionId"
+ATTR_LOGGER = "logger.name"
+ATTR_EXCEPTION_UUID = "posthogExceptionUuid"
+ATTR_EXCEPTION_TYPE = "exception.type"
+ATTR_EXCEPTION_MESSAGE = "exception.message"
+# Set on a LogRecord by the door that made it an $exception event: that event's uuid.
+EVENT_UUID_ATTR = "_posthog_errors_event_uuid"
+# Set on a LogRecord once it was queued for PostHog Logs: install()'s hook and an explicit
+# PostHogHandler (or loguru's forwarding) send it once.
+LOGGED_ATTR = "_posthog_errors_logged"
+
+BeforeSendLog = Callable[[dict[str, Any]], "dict[str, Any] | None"]
+
+# (options, step, distinct id, session id, trace id, span id, event uuid, units): a step
+# as ``_steps`` makes it; ids as plain str/int; ``units`` the bytes it is counted for in
+# the queue's budget, in ``UNIT`` bytes.
+LogSnapshot = tuple[Any, ...]
+UNIT = 256
+_BASE_UNITS = 2  # a record's fixed cost, ids and envelope included (512 bytes)
+_EXTRAS_UNITS = _steps.MAX_EXTRA_TEXT // UNIT + 1
+_NAMES = {
+    "trace": 5,
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "fatal": logging.CRITICAL,
+    "critical": logging.CRITICAL,
+}
+
+
+def logs_level(value: object, option: str = "send_logs") -> int | None:
+    """``send_logs`` as a level number: None for off; a name (``"info"``, any case, or a
+    level registered with ``logging.addLevelName``) or a number. Anything else raises here,
+    at configuration time."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise TypeError(f"{option} must be a level name or number, or None; got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"{option} must be a level >= 0, got {value!r}")
+        return value
+    if isinstance(value, str):
+        name = value.strip()
+        if name.lower() in ("none", "off", ""):
+            return None
+        known = _NAMES.get(name.lower())
+        if known is not None:
+            return known
+        if name.isdigit():
+            return int(name)
+        registered = logging.getLevelName(name.upper())
+        if isinstance(registered, int):
+            return registered
+        raise ValueError(f"{option}: unknown level {value!r} (use e.g. 'info', 'warning')")
+    raise TypeError(f"{option} must be a level name or number, or None; got {value!r}")
+
+
+class LogsOptions:
+    """What one door sends logs with: its threshold, its reporter (the client, the
+    redaction policy, release/environment/service) and its ``before_send_log``."""
+
+    __slots__ = ("before_send_log", "handler", "level", "reporter")
+
+    def __init__(
+        self,
+        level: int,
+        reporter: Any,
+        before_send_log: BeforeSendLog | None,
+        handler: Any = None,
+    ) -> None:
+        if before_send_log is not None and not callable(before_send_log):
+            raise TypeError(f"before_send_log must be a callable or None, got {before_send_log!r}")
+        self.level = level
+        self.reporter = reporter
+        self.before_send_log = before_send_log
+        # The PostHogHandler whose ignored loggers and filters a record must pass too.
+        self.handler = handler
+
+    def current_reporter(self) -> Any:
+        """The reporter now: a door's own, or (``DoorReporter``) ``install()``'s."""
+        reporter = self.reporter
+        get = getattr(reporter, "get", None)
+        return get() if callable(get) else reporter
+
+
+def _ids() -> tuple[str | None, str | None, int, int]:
+    distinct_id, session_id, _ = _context.resolve(None, None, None)
+    span = _context.current_span()
+    if span is None:
+        return distinct_id, session_id, 0, 0
+    return distinct_id, session_id, span[0], span[1]
+
+
+def submit_record(options: LogsOptions, record: logging.LogRecord) -> None:
+    """Queue ``record`` for PostHog Logs (the caller checked its level). Never raises."""
+    try:
+        fields = record.__dict__
+        if LOGGED_ATTR in fields or _guard.inside_library():
+            return  # sent already; or the library's and the posthog client's own records
+        handler = options.handler
+        if handler is not None and (
+            handler._is_ignored(record.name) or (handler.filters and not handler.filter(record))
+        ):
+            return
+        head = _steps.HEAD.get()
+        if head is not None and _steps.holds_record(record):
+            step = head[_steps.STEP :]  # the step the hook just made: formatted once
+        else:
+            step = _steps.freeze_record(record)
+        fields[LOGGED_ATTR] = True  # after freezing: a record with extras is frozen slowly
+        distinct_id, session_id, trace_id, span_id = _ids()
+        event_uuid = fields.get(EVENT_UUID_ATTR)
+        _submit(options, step, distinct_id, session_id, trace_id, span_id, event_uuid)
+    except Exception as error:
+        _guard.internal_error(error)
+
+
+def submit_event(
+    options: LogsOptions,
+    levelno: int,
+    logger_name: str,
+    message: object,
+    attributes: Mapping[str, Any],
+    *,
+    event_uuid: str | None = None,
+    distinct_id: Any = None,
+    session_id: Any = None,
+) -> None:
+    """Queue a structlog event or a loguru record: its message and key-values, bounded as
+    exception steps are (``_steps``). Never raises."""
+    try:
+        if _guard.inside_library():
+            return
+        plain = {k: v for k, v in attributes.items() if type(k) is str and not k.startswith("_")}
+        made = _steps.make_step(message, plain)
+        name = cut(logger_name, 200) if isinstance(logger_name, str) else ""
+        step = (made[0], levelno, name, made[3], None, made[5], None, 0)
+        found_id, found_session, trace_id, span_id = _ids()
+        _submit(
+            options,
+            step,
+            _context.as_id(distinct_id) or found_id,
+            _context.as_id(session_id) or found_session,
+            trace_id,
+            span_id,
+            event_uuid,
+        )
+    except Exception as error:
+        _guard.internal_error(error)
+
+
+def _submit(
+    options: LogsOptions,
+    step: tuple[Any, ...],
+    distinct_id: str | None,
+    session_id: str | None,
+    trace_id: int,
+    span_id: int,
+    event_uuid: Any,
+) -> None:
+    from posthog_errors._logs_delivery import LOGS
+
+    template = step[3]
+    units = _BASE_UNITS + (len(template) if type(template) is str else 0) // UNIT
+    if step[4] is not None:
+        units += 4  # up to MAX_ARGUMENTS short arguments, formatted on the worker
+    if len(step) > 5 and (step[5] is not None or step[6] is not None):
+        units += _EXTRAS_UNITS
+    if type(event_uuid) is not str:
+        event_uuid = None
+    LOGS.submit(
+        (options, step, distinct_id, session_id, trace_id, span_id, event_uuid, units), units
+    )
+
+
+def render(snapshot: LogSnapshot) -> dict[str, Any]:
+    """The record as ``before_send_log`` sees it, redacted (on the worker, plain values
+    only): ``body``, ``level`` (PostHog's name), ``severity_number``, ``severity_text``,
+    ``timestamp`` (epoch seconds), ``logger``, ``attributes``, ``trace_id``/``span_id``
+    (hex, or None)."""
+    options, step, distinct_id, session_id, trace_id, span_id, event_uuid, _ = snapshot
+    created, levelno, name, template, args = step[:5]
+    extras, exception = (step[5], step[6]) if len(step) > 5 else (None, None)
+    body = template
+    if args is not None:
+        try:
+            body = template % args  # small immutables only: no app code runs here
+        except Exception:
+            body = template
+    if type(body) is not str:
+        body = str(body)
+    levelno = levelno if type(levelno) is int else logging.INFO
+    reporter_options = options.current_reporter().options
+    limit = _steps.MAX_MESSAGE_LENGTH
+    user: dict[str, Any] = {}
+    if extras:
+        user.update(extras)
+    if exception is not None:
+        user.setdefault(ATTR_EXCEPTION_TYPE, exception[0])
+        user.setdefault(ATTR_EXCEPTION_MESSAGE, exception[1])
+    if reporter_options.redact_secrets:
+        redactor = reporter_options.redactor
+        body = redactor.text(body, limit)
+        user = redactor.properties(user, limit) if user else user
+    else:
+        body = cut(body, limit)
+    attributes: dict[str, Any] = {ATTR_LOGGER: name or ""}
+    if distinct_id:
+        attributes[ATTR_DISTINCT_ID] = distinct_id
+    if session_id:
+        attributes[ATTR_SESSION_ID] = session_id
+    if event_uuid:
+        attributes[ATTR_EXCEPTION_UUID] = event_uuid
+    attributes.update(user)  # the app's own attributes win (the logs spec)
+    number, text = severity(levelno)
+    return {
+        "body": body,
+        "level": posthog_level(levelno),
+        "severity_number": number,
+        "severity_text": text,
+        "timestamp": created
+        if isinstance(created, float) and math.isfinite(created)
+        else time.time(),
+        "logger": name or "",
+        "attributes": attributes,
+        "trace_id": format(trace_id, "032x") if trace_id and span_id else None,
+        "span_id": format(span_id, "016x") if trace_id and span_id else None,
+    }
