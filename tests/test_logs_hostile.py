@@ -1,0 +1,209 @@
+"""PostHog Logs against bad input and a sick PostHog: the app is never blocked, memory stays
+bounded in bytes, and everything dropped is counted."""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import json
+import logging
+import math
+import os
+import signal
+from collections.abc import Iterator
+from typing import Any
+
+import posthog
+import pytest
+
+import posthog_errors
+from posthog_errors import _steps
+from posthog_errors.capture_server import LOGS_REQUEST_LIMIT, CaptureServer, Fault
+from tests.conftest import make_client
+from tests.logs_wire import assert_collector_accepts
+from tests.scripts import run_script
+
+
+@pytest.fixture
+def server() -> Iterator[CaptureServer]:
+    with CaptureServer() as srv:
+        yield srv
+        assert_collector_accepts(srv)
+
+
+@pytest.fixture
+def client(server: CaptureServer) -> Iterator[posthog.Posthog]:
+    made = make_client(server)
+    yield made
+    made.shutdown()
+
+
+class Hostile:
+    """Every dunder an app's object can break."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+    def __str__(self) -> str:
+        raise RuntimeError("no str")
+
+
+EVERY_TYPE: dict[str, Any] = {
+    "none": None,
+    "bool": False,
+    "int": 1 << 70,
+    "float": math.inf,
+    "nan": math.nan,
+    "text": "t" * 100_000,
+    "bytes": b"\xff" * 100_000,
+    "list": list(range(100_000)),
+    "dict": {i: i for i in range(1_000)},
+    "set": {1, 2},
+    "decimal": decimal.Decimal("1.5"),
+    "when": datetime.datetime(2026, 12, 8, tzinfo=datetime.timezone.utc),
+    "hostile": Hostile(),
+    "type": int,
+}
+
+
+def test_huge_and_odd_records_are_sent_bounded(
+    server: CaptureServer, client: posthog.Posthog
+) -> None:
+    import structlog
+
+    from posthog_errors.structlog import PostHogProcessor
+
+    # Its own handler only: pytest's capture would format (and choke on) these records.
+    log = logging.getLogger("hostile")
+    log.propagate = False
+    log.addHandler(logging.NullHandler())
+    with posthog_errors.install(client, send_logs="info", flush_on_signals=False):
+        log.warning("m" * 10_000_000)
+        log.warning("arg %s", "a" * 10_000_000)
+        log.warning("extras", extra=EVERY_TYPE)
+        log.warning("a bad template %d", "not a number")
+        log.warning(Hostile())  # type: ignore[arg-type]
+        processor = PostHogProcessor(send_logs="info")
+        event: dict[Any, Any] = {"event": "odd keys", "level": "warning", 1: "one", (2,): "two"}
+        processor(structlog.get_logger("hostile"), "warning", {**event, **EVERY_TYPE})
+        assert posthog_errors.flush(10)
+    log.propagate = True
+    log.handlers.clear()
+    found = server.wait_for_log_records(6, timeout=5)
+    assert len(found) == 6
+    for record in found:
+        assert len(record["body"]) <= _steps.MAX_MESSAGE_LENGTH
+        assert len(json.dumps(record["attributes"])) < 8 * 1024
+    bodies = {r["body"][:10] for r in found}
+    assert {"mmmmmmmmmm", "arg aaaaaa", "extras", "odd keys"} <= bodies
+    assert all(r.status == 200 for r in server.log_requests)
+    assert all(len(json.dumps(r.body)) < LOGS_REQUEST_LIMIT for r in server.log_requests)
+    stats = posthog_errors.stats()
+    assert (stats["logs_queued"], stats["logs_sent"]) == (6, 6)
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="POSIX signals")
+def test_a_record_logged_in_a_signal_handler_is_sent(
+    server: CaptureServer, client: posthog.Posthog
+) -> None:
+    log = logging.getLogger("signals")
+    log.propagate = False
+
+    def on_signal(signum: int, frame: Any) -> None:
+        log.warning("from the signal handler")
+
+    previous = signal.signal(signal.SIGUSR1, on_signal)
+    try:
+        with posthog_errors.install(client, send_logs="info", flush_on_signals=False):
+            for index in range(200):
+                log.warning("main %d", index)
+                if index == 100:
+                    os.kill(os.getpid(), signal.SIGUSR1)
+            assert posthog_errors.flush(10)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+        log.propagate = True
+    found = server.wait_for_log_records(201, timeout=5)
+    bodies = [r["body"] for r in found]
+    assert bodies.count("from the signal handler") == 1
+    assert len(bodies) == 201
+
+
+BURST = """
+import json, logging, os, time
+from posthog_errors import _logs_delivery
+posthog_errors.install(client, send_logs="info", shutdown_timeout=1.0, flush_on_signals=False)
+log = logging.getLogger("burst")
+LOGS = _logs_delivery.LOGS
+deepest = 0
+for index in range(COUNT):
+    log.warning("x" * 1000 + str(index))  # a new 1 KB text each time
+    if index % 1000 == 0:
+        deepest = max(deepest, LOGS._admitted_hint - LOGS._taken)
+stats = posthog_errors.stats()
+print(json.dumps({"stats": stats, "deepest": deepest, "budget": LOGS.max_queue_units,
+                  "pid": os.getpid()}))
+"""
+
+
+def test_a_burst_against_a_hung_server_never_blocks_and_stays_bounded() -> None:
+    with CaptureServer(fault=Fault(hang=True)) as hung:
+        # A hang (the app waiting on PostHog, at log time or at exit) fails with a stack dump.
+        result = run_script(BURST.replace("COUNT", "30_000"), hung.url, hang_after=45)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    stats = report["stats"]
+    # Bounded in bytes: never more than the budget (a record's worth of slack per thread).
+    assert report["deepest"] <= report["budget"] + 8
+    assert stats["logs_dropped_queue_full"] > 0
+    assert stats["logs_queued"] + stats["logs_dropped_queue_full"] == 30_000
+    assert stats["logs_sent"] == 0
+
+
+FORKED = """
+import logging, os
+posthog_errors.install(client, send_logs="info", flush_on_signals=False)
+log = logging.getLogger("fork")
+log.warning("parent before fork")
+pid = os.fork()
+if pid == 0:
+    log.warning("child %d", os.getpid())
+    ok = posthog_errors.flush(5)
+    os._exit(0 if ok else 3)
+_, status = os.waitpid(pid, 0)
+assert os.waitstatus_to_exitcode(status) == 0, status
+log.warning("parent after fork")
+assert posthog_errors.flush(5)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_forked_child_sends_its_own_logs(server: CaptureServer) -> None:
+    result = run_script(FORKED, server.url, hang_after=30)
+    assert result.returncode == 0, result.stderr[-3000:]
+    bodies = sorted(r["body"] for r in server.wait_for_log_records(3, timeout=5))
+    assert len(bodies) == 3, bodies  # each once: the child sends none of the parent's
+    assert bodies[0].startswith("child ")
+    assert bodies[1:] == ["parent after fork", "parent before fork"]
+
+
+def test_the_library_own_records_never_loop(server: CaptureServer) -> None:
+    """PostHog down: the worker's and the client's own records (urllib3, posthog,
+    posthog_errors) are not sent as logs, so no request begets another."""
+    server.set_fault(Fault(status=500))
+    client = make_client(server, max_retries=0)
+    try:
+        with posthog_errors.install(client, send_logs="debug", flush_on_signals=False):
+            logging.getLogger().setLevel(logging.DEBUG)
+            logging.getLogger("app").warning("one")
+            posthog_errors.flush(10)
+            server.set_fault(None)
+            logging.getLogger("app").warning("two")
+            assert posthog_errors.flush(10)
+    finally:
+        logging.getLogger().setLevel(logging.WARNING)
+        client.shutdown()
+    names = {r["attributes"]["logger.name"] for r in server.log_records()}
+    assert names == {"app"}, names
+    stats = posthog_errors.stats()
+    assert (stats["logs_queued"], stats["logs_undelivered"], stats["logs_sent"]) == (2, 1, 1)
