@@ -1,14 +1,16 @@
-"""Printing a received ``$exception`` event the way a Python developer reads a traceback.
+"""Printing what a local capture server received, the way a Python developer reads it: a
+``$exception`` event like a traceback, a PostHog Logs record like a log line.
 
 Shared by ``posthog-errors demo`` and ``posthog-errors serve``.
 """
 
 from __future__ import annotations
 
+import datetime
 import os
 from typing import Any, TextIO
 
-__all__ = ["Style", "door_of", "fingerprint_of", "render_event"]
+__all__ = ["Style", "door_of", "fingerprint_of", "render_event", "render_log_record"]
 
 # How an event without ``$exception_source`` is shown: PostHog's SDK event spec has a manual
 # capture (``capture_exception``) send none.
@@ -115,3 +117,43 @@ def fingerprint_of(event: dict[str, Any]) -> str:
     in_app = [f for f in frames if f.get("in_app")] or frames
     where = f" at {in_app[-1].get('filename')}:{in_app[-1].get('lineno')}" if in_app else ""
     return f"{root.get('type', '?')}{where}"
+
+
+# The attributes a log line shows up front, by the names PostHog links them with; any other
+# attribute follows them as key=value.
+_LINK_ATTRIBUTES = (
+    ("posthogDistinctId", "distinct_id"),
+    ("sessionId", "session"),
+)
+
+
+def render_log_record(record: dict[str, Any], style: Style) -> str:
+    """One line a record, as a log formatter would print it, then what links it to the rest
+    of PostHog (person, session, trace, the ``$exception`` event it became) and its other
+    attributes.
+
+    ``record`` is a flat record as :meth:`CaptureServer.log_records` gives it."""
+    attributes = dict(record.get("attributes") or {})
+    nanos = record.get("time_unix_nano") or 0
+    try:
+        stamp = datetime.datetime.fromtimestamp(int(nanos) / 1e9).strftime("%H:%M:%S.%f")[:-3]
+    except (OverflowError, OSError, ValueError, TypeError):
+        stamp = "??:??:??.???"
+    level = str(record.get("severity_text") or "?")
+    number = record.get("severity_number") or 0
+    paint = style.red if isinstance(number, int) and number >= 17 else style.bold
+    # OTLP's scope names the sender; the logger is an attribute (``logger.name``).
+    logger = attributes.pop("logger.name", None) or record.get("scope") or "-"
+    head = f"{stamp} {paint(f'{level:<7}')} {style.cyan(str(logger))}  "
+    head += str(record.get("body", ""))
+    links = []
+    for key, shown in _LINK_ATTRIBUTES:
+        if key in attributes:
+            links.append(f"{shown}={attributes.pop(key)}")
+    if record.get("trace_id"):
+        links.append(f"trace={record['trace_id']}")
+    if record.get("span_id"):
+        links.append(f"span={record['span_id']}")
+    rest = [f"{key}={value}" for key, value in sorted(attributes.items(), key=lambda kv: kv[0])]
+    tail = "  ".join(links + rest)
+    return head + ("\n" + style.dim(f"    {tail}") if tail else "")

@@ -3,7 +3,7 @@
 - ``demo``: a sample app that fails through every door, against an embedded local capture
   server; prints what PostHog would have received.
 - ``serve``: that capture server as a dev tool: point an app at it with ``POSTHOG_HOST``
-  and every ``$exception`` prints as it arrives.
+  and every ``$exception`` and every PostHog Logs record prints as it arrives.
 - ``test``: send one test exception to your PostHog project (and Sentry) and say what to
   look for.
 """
@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from posthog_errors._render import Style, fingerprint_of, render_event
+from posthog_errors._render import Style, fingerprint_of, render_event, render_log_record
 
 __all__ = ["main"]
 
@@ -59,13 +59,16 @@ def _parser() -> argparse.ArgumentParser:
         "serve",
         help="run a local capture server that prints the errors an app sends to it",
         description="Run a PostHog-compatible capture server on 127.0.0.1. Point an app at "
-        "it (POSTHOG_HOST=http://127.0.0.1:PORT) and every $exception prints as it arrives; "
-        "other events are counted. Ctrl-C prints a count per fingerprint.",
+        "it (POSTHOG_HOST=http://127.0.0.1:PORT) and every $exception, and every log record "
+        "sent to PostHog Logs (/i/v1/logs), prints as it arrives; other events are counted. "
+        "Ctrl-C prints a count per fingerprint.",
     )
     serve_command.add_argument(
         "--port", type=int, default=8010, help="port to listen on (0: any free port)"
     )
-    serve_command.add_argument("--json", action="store_true", help="print events as JSON lines")
+    serve_command.add_argument(
+        "--json", action="store_true", help="print events and log records as JSON lines"
+    )
     commands.add_parser(
         "test",
         help="send one test exception to your PostHog project (and Sentry)",
@@ -81,11 +84,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def serve(port: int, *, as_json: bool = False, out: TextIO | None = None) -> int:
-    """Print every ``$exception`` an app sends to a local capture server, until Ctrl-C.
+    """Print every ``$exception`` and every PostHog Logs record an app sends to a local
+    capture server, until Ctrl-C.
 
-    With ``as_json`` the events are the only thing on ``out`` (stdout), one JSON object a
-    line, so the output can be piped into ``jq`` and the like; the banner and the Ctrl-C
-    summary then go to stderr. Otherwise everything goes to ``out``, rendered for people.
+    With ``as_json`` the events and records are the only thing on ``out`` (stdout), one JSON
+    object a line (an event has an ``"event"`` key, a log record a ``"body"``), so the output
+    can be piped into ``jq`` and the like; the banner and the Ctrl-C summary then go to
+    stderr. Otherwise everything goes to ``out``, rendered for people.
     """
     from posthog_errors.capture_server import CaptureServer
 
@@ -96,7 +101,12 @@ def serve(port: int, *, as_json: bool = False, out: TextIO | None = None) -> int
     notes_style = Style(notes)
     counts: collections.Counter[str] = collections.Counter()
     others = 0
+    log_records = 0
     lock = threading.Lock()
+
+    def write(text: str) -> None:
+        stream.write(text + "\n")
+        stream.flush()
 
     def on_event(event: dict[str, Any]) -> None:
         nonlocal others
@@ -106,12 +116,16 @@ def serve(port: int, *, as_json: bool = False, out: TextIO | None = None) -> int
                 return
             counts[fingerprint_of(event)] += 1
             # json.dumps escapes newlines inside strings: one event, one line.
-            text = json.dumps(event) if as_json else render_event(event, style) + "\n"
-            stream.write(text + "\n")
-            stream.flush()
+            write(json.dumps(event) if as_json else render_event(event, style) + "\n")
+
+    def on_log_record(record: dict[str, Any]) -> None:
+        nonlocal log_records
+        with lock:
+            log_records += 1
+            write(json.dumps(record, default=str) if as_json else render_log_record(record, style))
 
     try:
-        server = CaptureServer(port, on_event=on_event)
+        server = CaptureServer(port, on_event=on_event, on_log_record=on_log_record)
     except OSError as error:
         print(f"posthog-errors serve: cannot listen on 127.0.0.1:{port}: {error}", file=sys.stderr)
         return 2
@@ -132,6 +146,7 @@ def serve(port: int, *, as_json: bool = False, out: TextIO | None = None) -> int
         notes.write("\n" + notes_style.bold(f"{sum(counts.values())} $exception events") + "\n")
         for fingerprint, count in counts.most_common():
             notes.write(f"  {count:>5}  {fingerprint}\n")
+        notes.write(f"{log_records} log records\n")
         notes.write(f"{others} other events\n")
         notes.flush()
     return 0

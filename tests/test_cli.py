@@ -189,6 +189,64 @@ def test_serve_json_keeps_stdout_to_one_json_event_per_line(capture_mode: str) -
     assert "\033[" not in output + errors  # not a terminal: no colour
 
 
+# An app that sends its logs to PostHog Logs: two records before a failure, and the
+# failure's own record, which also becomes the $exception event.
+LOGS_APP = """
+    import logging, posthog_errors
+    logging.basicConfig(level=logging.INFO)
+    posthog_errors.install(send_logs="info")
+    log = logging.getLogger("shop.checkout")
+    with posthog_errors.bind("served-user", session_id="served-session-1"):
+        log.info("loading cart %s", "C-7", extra={"items": 3})
+        log.warning("card declined once, retrying")
+        try:
+            raise RuntimeError("payment failed")
+        except RuntimeError:
+            log.exception("checkout failed")
+    log.debug("below send_logs: not sent")
+    assert posthog_errors.flush(15)
+    """
+
+
+def test_serve_prints_each_log_record_with_its_person_and_session() -> None:
+    returncode, output, errors = serve_while(LOGS_APP)
+    assert returncode == 0, errors
+    lines = output.splitlines()
+    loading = next(i for i, line in enumerate(lines) if "loading cart C-7" in line)
+    assert "INFO" in lines[loading] and "shop.checkout" in lines[loading]
+    assert "distinct_id=served-user" in lines[loading + 1]
+    assert "session=served-session-1" in lines[loading + 1]
+    assert "items=3" in lines[loading + 1]
+    assert any("WARN" in line and "card declined once, retrying" in line for line in lines)
+    failed = next(i for i, line in enumerate(lines) if "ERROR   shop.checkout  checkout" in line)
+    assert "posthogExceptionUuid=" in lines[failed + 1]  # the record points at its event
+    assert "RuntimeError: payment failed" in output  # and the event itself
+    assert "below send_logs" not in output
+    assert "3 log records" in output
+    assert "1 $exception events" in output
+
+
+def test_serve_json_prints_a_json_line_per_log_record() -> None:
+    returncode, output, errors = serve_while(LOGS_APP, "--json")
+    assert returncode == 0, errors
+    lines = [json.loads(line) for line in output.splitlines()]  # every line, nothing else
+    records = [line for line in lines if "body" in line]
+    events = [line for line in lines if "event" in line]
+    assert [r["body"] for r in records] == [
+        "loading cart C-7",
+        "card declined once, retrying",
+        "checkout failed",
+    ]
+    assert {r["attributes"]["posthogDistinctId"] for r in records} == {"served-user"}
+    assert {r["attributes"]["sessionId"] for r in records} == {"served-session-1"}
+    assert records[2]["severity_text"] == "ERROR"
+    assert records[2]["severity_number"] == 17
+    assert records[2]["attributes"]["posthogExceptionUuid"] == events[0]["uuid"]
+    assert len(events) == 1
+    assert_event_conforms(events[0])
+    assert "3 log records" in errors
+
+
 def test_render_event_shows_the_session_and_a_personless_event() -> None:
     style = Style(io.StringIO())
     frames = {"frames": [{"filename": "app.py", "lineno": 3, "function": "f", "in_app": True}]}
