@@ -1,7 +1,9 @@
 """``posthog-errors demo``: a small app that fails through every door, offline.
 
 An embedded PostHog-compatible capture server listens on 127.0.0.1 and the real posthog
-client sends to it, so what is printed is exactly what PostHog would have received.
+client sends to it, so what is printed is exactly what PostHog would have received: the
+``$exception`` events, then the records the app logged at INFO and above, which
+``install(send_logs="info")`` sends to PostHog Logs.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any, TextIO
 import posthog
 
 import posthog_errors
-from posthog_errors._render import Style, door_of, render_event
+from posthog_errors._render import Style, door_of, render_event, render_log_record
 from posthog_errors.capture_server import CaptureServer
 
 __all__ = ["crash_in_child", "run_demo"]
@@ -43,6 +45,7 @@ def charge(order: dict[str, Any]) -> None:
 
 
 def checkout(order: dict[str, Any]) -> None:
+    logger.info("charging order %s", order["id"], extra={"amount": order["amount"]})
     try:
         charge(order)
     except ValueError as error:
@@ -82,6 +85,7 @@ DEMO_SESSION_ID = "01932f5e-9c1a-7b3d-8e2f-4a5b6c7d8e9f"
 
 def _logging_door() -> None:
     with posthog_errors.bind("user_42", session_id=DEMO_SESSION_ID, properties={"plan": "pro"}):
+        logger.info("cart loaded", extra={"items": 3})
         try:
             checkout({"id": "A-1001", "amount": 250})
         except PaymentError:
@@ -156,10 +160,14 @@ def run_demo(*, as_json: bool = False, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     style = Style(out)
     quiet_hook, previous_hook = (lambda args: None), threading.excepthook
+    previous_level = logger.level
+    logger.setLevel(logging.INFO)  # the app's INFO records are on: send_logs sends them
     with CaptureServer() as server:
         client = posthog.Posthog("phc_demo", host=server.url, flush_interval=0.05)
         threading.excepthook = quiet_hook  # the thread's traceback would clutter the demo
-        installation = posthog_errors.install(client, in_app_include=IN_APP)
+        # send_logs: the app's INFO records and up go to PostHog Logs too, each with the
+        # person, session and trace of the code that logged it.
+        installation = posthog_errors.install(client, in_app_include=IN_APP, send_logs="info")
         try:
             _logging_door()
             _manual_door()
@@ -170,9 +178,11 @@ def run_demo(*, as_json: bool = False, out: TextIO | None = None) -> int:
             posthog_errors.flush(10)
             expected = 6 if with_structlog else 5
             events = server.wait_for_events(expected, timeout=10)
+            log_records = server.log_records()
         finally:
             installation.uninstall()
             threading.excepthook = previous_hook
+            logger.setLevel(previous_level)
             client.shutdown()
     if as_json:
         json.dump(events, out, indent=2)
@@ -187,6 +197,15 @@ def run_demo(*, as_json: bool = False, out: TextIO | None = None) -> int:
     )
     for event in sorted(events, key=lambda e: door_of(e["properties"])):
         out.write(render_event(event, style) + "\n\n")
+    out.write(
+        style.bold(
+            f'PostHog Logs received {len(log_records)} records (send_logs="info"); a record '
+            "that became an $exception event names it in posthogExceptionUuid\n\n"
+        )
+    )
+    for record in log_records:
+        out.write(render_log_record(record, style) + "\n")
+    out.write("\n")
     if not with_structlog:
         out.write(style.dim("(structlog is not installed: its door was skipped)\n"))
     return 0 if len(events) >= expected else 1

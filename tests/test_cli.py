@@ -45,6 +45,13 @@ def test_demo_shows_events_from_at_least_five_doors() -> None:
     assert "python.sys_excepthook" in headline  # the crashing child process
     assert 'File "posthog_errors/demo.py"' in result.stdout  # frames, read like a traceback
     assert "\033[" not in result.stdout  # not a terminal: no colour
+    # The failure with its logs: the INFO records before it, sent to PostHog Logs with the
+    # person and session of the request, and the failure's own record naming its event.
+    logs = result.stdout.split("PostHog Logs received ")[1].splitlines()
+    cart = next(i for i, line in enumerate(logs) if "INFO    shop.checkout  cart loaded" in line)
+    assert "distinct_id=user_42" in logs[cart + 1] and "items=3" in logs[cart + 1]
+    failed = next(i for i, line in enumerate(logs) if "ERROR   shop.checkout  checkout" in line)
+    assert "posthogExceptionUuid=" in logs[failed + 1]
 
 
 def test_demo_json_prints_the_raw_events() -> None:
