@@ -33,6 +33,7 @@ __all__ = [
     "bind",
     "carry_context",
     "current_binding",
+    "current_ids",
     "current_span",
     "get_distinct_id",
     "get_session_id",
@@ -211,11 +212,32 @@ def resolve(
     return found_id, found_session, properties
 
 
+def current_ids() -> tuple[str | None, str | None]:
+    """(distinct ID, session ID) here and now: :func:`resolve` for no exception and no
+    explicit ids, without what only an exception needs (read for every PostHog Logs
+    record, so the same chain at the least cost)."""
+    current = _binding.get()
+    found_id, found_session = current.distinct_id, current.session_id
+    if found_id is None or found_session is None:
+        for lookup in _FALLBACKS:
+            fallback_id, fallback_session = lookup()
+            found_id = found_id or fallback_id
+            found_session = found_session or fallback_session
+            if found_id is not None and found_session is not None:
+                break
+    return found_id, found_session
+
+
 def _from_posthog() -> tuple[str | None, str | None]:
     contexts = sys.modules.get("posthog.contexts")
     if contexts is None:
         return None, None
     try:
+        # Outside any new_context() (most code, read for every PostHog Logs record): one
+        # call says so, where the two public getters would each look it up.
+        current = getattr(contexts, "_get_current_context", None)
+        if current is not None and current() is None:
+            return None, None
         return _as_id(contexts.get_context_distinct_id()), _as_id(contexts.get_context_session_id())
     except Exception:
         return None, None

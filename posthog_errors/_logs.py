@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -28,6 +30,8 @@ from typing import Any
 from posthog_errors import _context, _guard, _steps
 from posthog_errors._bounded import cut
 from posthog_errors._levels import posthog_level
+from posthog_errors._logs_delivery import LOGS as _LOGS
+from posthog_errors._logs_delivery import UNIT, LogSnapshot
 from posthog_errors._otlp import severity
 
 __all__ = [
@@ -63,12 +67,7 @@ LOGGED_ATTR = "_posthog_errors_logged"
 
 BeforeSendLog = Callable[[dict[str, Any]], "dict[str, Any] | None"]
 
-# (options, step, distinct id, session id, trace id, span id, event uuid, units): a step
-# as ``_steps`` makes it; ids as plain str/int; ``units`` the bytes it is counted for in
-# the queue's budget, in ``UNIT`` bytes.
-LogSnapshot = tuple[Any, ...]
-UNIT = 256
-_BASE_UNITS = 2  # a record's fixed cost, ids and envelope included (512 bytes)
+_BASE_UNITS = 1  # a record's fixed cost, its ids and JSON included (1 KiB)
 _EXTRAS_UNITS = _steps.MAX_EXTRA_TEXT // UNIT + 1
 _NAMES = {
     "trace": 5,
@@ -138,34 +137,75 @@ class LogsOptions:
         return get() if callable(get) else reporter
 
 
+# What submit_record() reads for every record: module globals bound once (the hot path).
+_current_ids = _context.current_ids
+_current_span = _context.current_span
+_inside_get = _guard._inside.get
+_library_threads = _guard._library_threads
+_ident = threading.get_ident
+_head_get = _steps.HEAD.get
+_STEP = _steps.STEP
+_SHORT_NODE = _STEP + 5  # a node of a short step: (template, arguments) kept as they are
+_modules = sys.modules
+
+
 def _ids() -> tuple[str | None, str | None, int, int]:
-    distinct_id, session_id, _ = _context.resolve(None, None, None)
-    span = _context.current_span()
+    """(distinct id, session id, trace id, span id) here and now: the binding's ids, else
+    the chain ``$exception`` events resolve by; the active span's ids, else zeros."""
+    distinct_id, session_id = _current_ids()
+    span = _current_span() if "opentelemetry.trace" in _modules else None
     if span is None:
         return distinct_id, session_id, 0, 0
     return distinct_id, session_id, span[0], span[1]
 
 
 def submit_record(options: LogsOptions, record: logging.LogRecord) -> None:
-    """Queue ``record`` for PostHog Logs (the caller checked its level). Never raises."""
+    """Queue ``record`` for PostHog Logs (the caller checked its level). Never raises.
+
+    Not sent: a record sent already (another door), one made by the library's own code or
+    threads (``_guard``), one of an ignored logger (the posthog client's, its HTTP
+    stack's, this library's: so a PostHog outage is never logged to PostHog, in a loop) or
+    one the handler's filters refuse. The hot path, inline: what ``_steps.holds_record``
+    and :func:`_submit` do, kept in step with them."""
     try:
         fields = record.__dict__
-        if LOGGED_ATTR in fields or _guard.inside_library():
-            return  # sent already; or the library's and the posthog client's own records
-        handler = options.handler
-        if handler is not None and (
-            handler._is_ignored(record.name) or (handler.filters and not handler.filter(record))
-        ):
+        if LOGGED_ATTR in fields or _inside_get() or _ident() in _library_threads:
             return
-        head = _steps.HEAD.get()
-        if head is not None and _steps.holds_record(record):
-            step = head[_steps.STEP :]  # the step the hook just made: formatted once
+        handler = options.handler
+        if handler is not None:
+            ignored = handler._ignored_cache.get(record.name)
+            if ignored is None:
+                ignored = handler._is_ignored(record.name)
+            if ignored or (handler.filters and not handler.filter(record)):
+                return
+        head = _head_get()
+        msg, args = fields["msg"], fields["args"]
+        if (
+            head is not None
+            and len(head) == _SHORT_NODE
+            and head[_STEP] == fields["created"]
+            and head[_STEP + 3] is msg
+            and (head[_STEP + 4] is args if args else head[_STEP + 4] is None)
+            and head[2] == _ident()
+        ):
+            step = head[_STEP:]  # the step the hook just made: formatted once
         else:
             step = _steps.freeze_record(record)
         fields[LOGGED_ATTR] = True  # after freezing: a record with extras is frozen slowly
         distinct_id, session_id, trace_id, span_id = _ids()
         event_uuid = fields.get(EVENT_UUID_ATTR)
-        _submit(options, step, distinct_id, session_id, trace_id, span_id, event_uuid)
+        if len(step) != 5:  # a long step: extras, an exception, or a formatted message
+            _submit(options, step, distinct_id, session_id, trace_id, span_id, event_uuid)
+            return
+        template, args = step[3], step[4]
+        units = (
+            _BASE_UNITS
+            + (len(template) + (0 if args is None else len(args) * _steps.MAX_ARGUMENT_LENGTH))
+            // UNIT
+        )
+        _LOGS.submit(
+            (options, step, distinct_id, session_id, trace_id, span_id, event_uuid, units), units
+        )
     except Exception as error:
         _guard.internal_error(error)
 
@@ -213,17 +253,20 @@ def _submit(
     span_id: int,
     event_uuid: Any,
 ) -> None:
-    from posthog_errors._logs_delivery import LOGS
-
-    template = step[3]
-    units = _BASE_UNITS + (len(template) if type(template) is str else 0) // UNIT
-    if step[4] is not None:
-        units += 4  # up to MAX_ARGUMENTS short arguments, formatted on the worker
+    template, args = step[3], step[4]
+    units = (
+        _BASE_UNITS
+        + (
+            (len(template) if type(template) is str else 0)
+            + (0 if args is None else len(args) * _steps.MAX_ARGUMENT_LENGTH)
+        )
+        // UNIT
+    )
     if len(step) > 5 and (step[5] is not None or step[6] is not None):
         units += _EXTRAS_UNITS
     if type(event_uuid) is not str:
         event_uuid = None
-    LOGS.submit(
+    _LOGS.submit(
         (options, step, distinct_id, session_id, trace_id, span_id, event_uuid, units), units
     )
 

@@ -2,13 +2,15 @@
 
 **The caller's thread** only counts a snapshot's bytes and puts it on a
 :class:`queue.SimpleQueue` (C calls: safe in a signal handler, no lock Python code holds).
-The bytes are counted on an :func:`itertools.count` (one C call per ``UNIT``; never a lost
+The bytes are counted on an :func:`itertools.count` (one C call per ``UNIT`` of 1 KiB, one
+for most records, estimated from the lengths of what the record holds; never a lost
 update between threads) against what the worker has taken, so the queue holds at most
 ``MAX_QUEUE_BYTES`` (give or take one record per thread logging at that instant); a record
 over it is dropped and counted (``logs_dropped_queue_full``): a PostHog that is slow or down
 costs the app the logs it cannot take, nothing else.
 
-**The worker** gathers a batch (``BATCH_WINDOW`` after its first record, or until it holds
+**The worker** gathers a batch (``BATCH_WINDOW`` after its first record, asleep meanwhile so
+as not to compete with the app for the GIL, then what is queued, until it holds
 ``MAX_BATCH_BYTES`` of JSON, half of PostHog's 2 MB request cap), renders each record
 (``_logs.render``: redacted), runs ``before_send_log`` (fails closed: an exception or a
 wrong return drops the record), applies the rate cap (``RATE_CAP`` records per
@@ -44,8 +46,8 @@ from typing import Any
 
 from posthog_errors import _guard, _otlp
 from posthog_errors._conform import bad_input, warn_once
-from posthog_errors._logs import UNIT, LogSnapshot, render
 from posthog_errors._stats import STATS
+from posthog_errors._steps import PID as _PID
 
 __all__ = [
     "LOGS",
@@ -54,10 +56,16 @@ __all__ = [
     "MAX_QUEUE_BYTES",
     "RATE_CAP",
     "RATE_WINDOW",
+    "UNIT",
+    "LogSnapshot",
     "LogsWorker",
     "flush_logs",
 ]
 
+# (options, step, distinct id, session id, trace id, span id, event uuid, units): what
+# ``_logs`` queues; ``units`` the bytes it is counted for in the queue's budget, in UNITs.
+LogSnapshot = tuple[Any, ...]
+UNIT = 1024
 LOGS_PATH = "/i/v1/logs"
 MAX_QUEUE_BYTES = 8 * 1024 * 1024
 MAX_BATCH_BYTES = 1024 * 1024  # of JSON before gzip: half PostHog's 2 MB request cap
@@ -71,6 +79,7 @@ CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 10.0
 _IDLE_WAIT = 1.0
 _FLUSH_POLL = 0.1
+_HURRY_POLL = 0.02
 _SCOPE = "posthog-errors"
 _RETRIABLE = frozenset({408, 429})
 
@@ -112,6 +121,7 @@ class LogsWorker:
         self._window_start = 0.0
         self._window_count = 0
         self._ok = True  # no send failed since the last flush answered
+        self._hurry = False  # set by flush(): skip the rest of the batch window
 
     # -- caller's thread ---------------------------------------------------------------
 
@@ -119,7 +129,7 @@ class LogsWorker:
         """Queue ``snapshot``, counted as ``units`` of the byte budget; False (counted)
         when the budget is spent."""
         work = self._queue
-        if work is None or self._thread is None or self._pid != os.getpid():
+        if work is None or self._pid != _PID[0]:  # (PID: kept current at fork, no syscall)
             try:
                 work = self._start()
             except RuntimeError:
@@ -129,11 +139,11 @@ class LogsWorker:
             STATS.add("logs_dropped_queue_full")
             return False
         admitted = self._admitted
-        total = 0
-        for _ in range(units):
+        total = next(admitted)
+        for _ in range(units - 1):
             total = next(admitted)
         self._admitted_hint = total + 1
-        STATS.add("logs_queued")
+        next(STATS._counters["logs_queued"])  # STATS.add's one C call, without its loop
         work.put(snapshot)
         return True
 
@@ -148,6 +158,7 @@ class LogsWorker:
             return False  # a before_send_log that flushes
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
         marker = _Marker(deadline)
+        self._hurry = True  # a plain flag: flush() may run in a signal handler
         work.put(marker)
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
@@ -198,14 +209,19 @@ class LogsWorker:
                 del item
 
     def _batch(self, work: queue.SimpleQueue[LogSnapshot | _Marker], first: Any) -> None:
-        """Gather records after ``first`` for ``BATCH_WINDOW`` (or up to the bounds, or a
-        flush), send them, answer the flush."""
-        batches: dict[int, tuple[Any, list[dict[str, Any]], list[int]]] = {}
+        """Let the burst that ``first`` began finish (``BATCH_WINDOW``, unless a flush is
+        waiting), then take what is queued up to the bounds (or a flush), send it, answer the
+        flush. Sleeping through the burst rather than rendering each record as it comes: the
+        app's thread logs without this one competing for the GIL meanwhile."""
+        if not isinstance(first, _Marker):
+            window_end = time.monotonic() + BATCH_WINDOW
+            while not self._hurry and time.monotonic() < window_end:
+                time.sleep(_HURRY_POLL)
+        batches: dict[int, tuple[Any, list[str]]] = {}
         marker = None
         size = 0
         count = 0
         item = first
-        window_end = time.monotonic() + BATCH_WINDOW
         while True:
             if isinstance(item, _Marker):
                 marker = item
@@ -215,27 +231,25 @@ class LogsWorker:
             count += 1 if size_of else 0
             if size >= MAX_BATCH_BYTES or count >= MAX_BATCH_RECORDS:
                 break
-            remaining = window_end - time.monotonic()
             try:
-                item = work.get_nowait() if remaining <= 0 else work.get(timeout=remaining)
+                item = work.get_nowait()
             except queue.Empty:
                 break
         deadline = None if marker is None else marker.deadline
-        for options, records, _ in batches.values():
+        for options, records in batches.values():
             self._send(options, records, deadline)
         if marker is not None:
             ok, self._ok = self._ok, True
-            # What was queued after the marker, before this batch ended: none (it stopped).
+            if work.empty():
+                self._hurry = False
             marker.done.put(ok)
 
-    def _take(
-        self, snapshot: LogSnapshot, batches: dict[int, tuple[Any, list[dict[str, Any]], list[int]]]
-    ) -> int:
+    def _take(self, snapshot: LogSnapshot, batches: dict[int, tuple[Any, list[str]]]) -> int:
         """Render one record into its door's batch; its JSON size, or 0 when not kept."""
         self._taken += snapshot[-1]
         options = snapshot[0]
         try:
-            record: dict[str, Any] | None = render(snapshot)
+            record: dict[str, Any] | None = _render(snapshot)
         except Exception as error:
             STATS.add("logs_dropped")
             _guard.internal_error(error, reraise=False)
@@ -250,8 +264,9 @@ class LogsWorker:
             return 0
         try:
             assert record is not None
-            encoded = _encode(record)
-            size = len(json.dumps(encoded, separators=(",", ":"), allow_nan=False)) + 1
+            # Encoded once: the request body joins these texts (``_otlp.export_request_json``).
+            encoded = json.dumps(_encode(record), separators=(",", ":"), allow_nan=False)
+            size = len(encoded) + 1
         except Exception as error:
             STATS.add("logs_dropped")
             _guard.internal_error(error, reraise=False)
@@ -261,9 +276,8 @@ class LogsWorker:
             return 0
         entry = batches.get(id(options))
         if entry is None:
-            entry = batches[id(options)] = (options, [], [])
+            entry = batches[id(options)] = (options, [])
         entry[1].append(encoded)
-        entry[2].append(size)
         return size
 
     def _within_rate(self) -> bool:
@@ -284,7 +298,7 @@ class LogsWorker:
         self._window_count += 1
         return True
 
-    def _send(self, options: Any, records: list[dict[str, Any]], deadline: float | None) -> None:
+    def _send(self, options: Any, records: list[str], deadline: float | None) -> None:
         """POST ``records`` (one request at a time), halving on 413; each record ends
         counted as sent, rejected or undelivered."""
         if not records:
@@ -301,17 +315,17 @@ class LogsWorker:
             self._ok = False
             return
         url = host.rstrip("/") + LOGS_PATH
-        body = _otlp.export_request(records, _resource(options), _SCOPE, _version())
-        pending = [(records, body)]
+        resource = _resource(options)
+        pending = [records]
         while pending:
-            chunk, envelope = pending.pop()
-            status = self._post(url, api_key, envelope, deadline)
+            chunk = pending.pop()
+            body = _otlp.export_request_json(chunk, resource, _SCOPE, _version())
+            status = self._post(url, api_key, body, deadline)
             if 200 <= status < 300:
                 STATS.add("logs_sent", len(chunk))
             elif status == 413 and len(chunk) > 1:
                 half = len(chunk) // 2
-                for part in (chunk[half:], chunk[:half]):
-                    pending.append((part, _with_records(envelope, part)))
+                pending += [chunk[half:], chunk[:half]]
             else:
                 self._ok = False
                 STATS.add(
@@ -325,15 +339,10 @@ class LogsWorker:
                         status,
                     )
 
-    def _post(
-        self, url: str, api_key: str, envelope: dict[str, Any], deadline: float | None
-    ) -> int:
+    def _post(self, url: str, api_key: str, body: str, deadline: float | None) -> int:
         """The answer's status; 0 when it never came (network, timeouts, the deadline)."""
         try:
-            data = gzip.compress(
-                json.dumps(envelope, separators=(",", ":"), allow_nan=False).encode(),
-                compresslevel=5,
-            )
+            data = gzip.compress(body.encode(), compresslevel=5)
         except Exception as error:
             _guard.internal_error(error, reraise=False)
             return 0
@@ -394,6 +403,13 @@ class LogsWorker:
         parent's sockets are not the child's)."""
         self._start_lock = threading.RLock()
         self._init_state()
+
+
+def _render(snapshot: LogSnapshot) -> dict[str, Any]:
+    """``_logs.render``: imported here, as ``_logs`` imports this module (the queue)."""
+    from posthog_errors._logs import render
+
+    return render(snapshot)
 
 
 def _run_hook(hook: Any, record: dict[str, Any]) -> dict[str, Any] | None:
@@ -474,19 +490,6 @@ def _hex(value: Any, digits: int) -> int:
         return int(value, 16)
     except ValueError:
         return 0
-
-
-def _with_records(envelope: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
-    resource_logs = envelope["resourceLogs"][0]
-    scope_logs = resource_logs["scopeLogs"][0]
-    return {
-        "resourceLogs": [
-            {
-                "resource": resource_logs["resource"],
-                "scopeLogs": [{"scope": scope_logs["scope"], "logRecords": records}],
-            }
-        ]
-    }
 
 
 def _resource(options: Any) -> dict[str, Any]:

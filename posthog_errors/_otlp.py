@@ -16,6 +16,7 @@ encoding"): ``str`` → ``stringValue``, ``bool`` → ``boolValue``, ``int`` →
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -26,6 +27,7 @@ __all__ = [
     "SEVERITIES",
     "any_value",
     "export_request",
+    "export_request_json",
     "key_values",
     "log_record",
     "severity",
@@ -164,3 +166,19 @@ def export_request(
             }
         ]
     }
+
+
+def export_request_json(
+    records: list[str],
+    resource: Mapping[str, Any],
+    scope_name: str,
+    scope_version: str,
+) -> str:
+    """:func:`export_request` as JSON text, from records already encoded one by one (the
+    worker measures each record's size by encoding it: it is not encoded twice)."""
+    envelope = json.dumps(
+        export_request([], resource, scope_name, scope_version), separators=(",", ":")
+    )
+    head, marker, tail = envelope.partition('"logRecords":[]')
+    assert marker, envelope
+    return f'{head}"logRecords":[{",".join(records)}]{tail}'
