@@ -96,9 +96,7 @@ def with_install(client: object, send_logs: str | None = "info") -> Setup:
     def setup(logger: logging.Logger) -> Callable[[], None]:
         import posthog_errors
 
-        installation = posthog_errors.install(
-            client, send_logs=send_logs, flush_on_signals=False
-        )
+        installation = posthog_errors.install(client, send_logs=send_logs, flush_on_signals=False)
         return installation.uninstall
 
     return setup

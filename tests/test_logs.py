@@ -381,10 +381,19 @@ def test_structlog_key_values_are_attributes(
                 "job done", job_id=12, tags=["a", "b"], distinct_id="user-9", password="pw-123"
             )
             structlog.get_logger("jobs").debug("below")
-        [record] = records(server, 1)
+            try:
+                raise KeyError("job-12")
+            except KeyError:
+                structlog.get_logger("jobs").exception("job failed", job_id=12)
+        found = by_body(records(server, 2))
     finally:
         structlog.reset_defaults()
-    assert record["body"] == "job done"
+    failed = found["job failed"]
+    [event] = server.wait_for_events(1)
+    assert failed["attributes"]["posthogExceptionUuid"] == event["uuid"]
+    assert failed["attributes"]["exception.type"] == "KeyError"
+    assert failed["severity_text"] == "ERROR"
+    record = found["job done"]
     assert record["trace_id"] == format(span.get_span_context().trace_id, "032x")
     attributes = record["attributes"]
     assert attributes["posthogDistinctId"] == "user-9"

@@ -22,7 +22,7 @@ except ImportError as error:  # pragma: no cover - exercised without the extra i
     ) from error
 
 from posthog_errors import _guard, _logs, _steps
-from posthog_errors._event_dict import read_event_dict
+from posthog_errors._event_dict import exception_from_exc_info, read_event_dict
 from posthog_errors._levels import LevelAllowList, posthog_level
 from posthog_errors._log_message import (
     call_site_frames,
@@ -186,6 +186,9 @@ class PostHogProcessor:
         if self._is_ignored(logger_name):
             return
         attributes = {k: v for k, v in event_dict.items() if k not in _NOT_ATTRIBUTES}
+        exception = exception_from_exc_info(event_dict.get("exc_info"))
+        if exception is not None:
+            attributes.setdefault("exception.type", type(exception).__name__)
         _logs.submit_event(
             logs,
             levelno,
