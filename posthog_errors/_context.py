@@ -203,12 +203,7 @@ def resolve(
     found_id = found_id or current.distinct_id
     found_session = found_session or current.session_id
     if found_id is None or found_session is None:
-        for lookup in _FALLBACKS:
-            fallback_id, fallback_session = lookup()
-            found_id = found_id or fallback_id
-            found_session = found_session or fallback_session
-            if found_id is not None and found_session is not None:
-                break
+        found_id, found_session = _with_fallbacks(found_id, found_session)
     return found_id, found_session, properties
 
 
@@ -219,12 +214,20 @@ def current_ids() -> tuple[str | None, str | None]:
     current = _binding.get()
     found_id, found_session = current.distinct_id, current.session_id
     if found_id is None or found_session is None:
-        for lookup in _FALLBACKS:
-            fallback_id, fallback_session = lookup()
-            found_id = found_id or fallback_id
-            found_session = found_session or fallback_session
-            if found_id is not None and found_session is not None:
-                break
+        return _with_fallbacks(found_id, found_session)
+    return found_id, found_session
+
+
+def _with_fallbacks(
+    found_id: str | None, found_session: str | None
+) -> tuple[str | None, str | None]:
+    """What the integrations' contexts know (``_FALLBACKS``, in order) of the ids not found."""
+    for lookup in _FALLBACKS:
+        fallback_id, fallback_session = lookup()
+        found_id = found_id or fallback_id
+        found_session = found_session or fallback_session
+        if found_id is not None and found_session is not None:
+            break
     return found_id, found_session
 
 

@@ -37,7 +37,7 @@ from posthog_errors._bounded import MAX_QUEUED_TEXT, freeze_properties
 from posthog_errors._snapshot import EventSnapshot
 from posthog_errors._stats import STATS
 
-__all__ = ["DEFAULT_QUEUE_SIZE", "DeliveryWorker", "worker"]
+__all__ = ["DEFAULT_QUEUE_SIZE", "DeliveryWorker", "wait_for_answer", "worker"]
 
 DEFAULT_QUEUE_SIZE = 1000
 DEFAULT_SHUTDOWN_TIMEOUT = 2.0
@@ -188,16 +188,7 @@ class DeliveryWorker:
         self, marker: _FlushMarker, thread: threading.Thread, deadline: float | None
     ) -> bool:
         """Until the worker reached ``marker``; False at the deadline or if it died."""
-        while True:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                return False
-            step = _FLUSH_POLL if remaining is None else min(_FLUSH_POLL, remaining)
-            try:
-                return marker.done.get(timeout=step)
-            except queue.Empty:
-                if not thread.is_alive():
-                    return False
+        return wait_for_answer(marker.done, thread, deadline)
 
     # -- the worker --------------------------------------------------------------------
 
@@ -336,6 +327,23 @@ class DeliveryWorker:
         self._start_lock = threading.RLock()
         self._init_state()
         del dropped_clients
+
+
+def wait_for_answer(
+    done: queue.SimpleQueue[bool], thread: threading.Thread, deadline: float | None
+) -> bool:
+    """A worker's answer to a flush marker (on ``done``); False at the deadline (None: no
+    deadline) or once ``thread`` died. Polled, so a dead worker is noticed."""
+    while True:
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            return False
+        step = _FLUSH_POLL if remaining is None else min(_FLUSH_POLL, remaining)
+        try:
+            return done.get(timeout=step)
+        except queue.Empty:
+            if not thread.is_alive():
+                return False
 
 
 def _bound(snapshot: EventSnapshot) -> None:

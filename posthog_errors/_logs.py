@@ -277,14 +277,9 @@ def render(snapshot: LogSnapshot) -> dict[str, Any]:
     ``timestamp`` (epoch seconds), ``logger``, ``attributes``, ``trace_id``/``span_id``
     (hex, or None)."""
     options, step, distinct_id, session_id, trace_id, span_id, event_uuid, _ = snapshot
-    created, levelno, name, template, args = step[:5]
+    created, levelno, name = step[:3]
     extras, exception = (step[5], step[6]) if len(step) > 5 else (None, None)
-    body = template
-    if args is not None:
-        try:
-            body = template % args  # small immutables only: no app code runs here
-        except Exception:
-            body = template
+    body = _steps.message_of(step)
     if type(body) is not str:
         body = str(body)
     levelno = levelno if type(levelno) is int else logging.INFO

@@ -78,7 +78,6 @@ MAX_RETRY_WAIT = 30.0
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 10.0
 _IDLE_WAIT = 1.0
-_FLUSH_POLL = 0.1
 _HURRY_POLL = 0.02
 _SCOPE = "posthog-errors"
 _RETRIABLE = frozenset({408, 429})
@@ -160,16 +159,9 @@ class LogsWorker:
         marker = _Marker(deadline)
         self._hurry = True  # a plain flag: flush() may run in a signal handler
         work.put(marker)
-        while True:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                return False
-            step = _FLUSH_POLL if remaining is None else min(_FLUSH_POLL, remaining)
-            try:
-                return marker.done.get(timeout=step)
-            except queue.Empty:
-                if not thread.is_alive():
-                    return False
+        from posthog_errors._delivery import wait_for_answer
+
+        return wait_for_answer(marker.done, thread, deadline)
 
     # -- the worker --------------------------------------------------------------------
 

@@ -83,6 +83,7 @@ __all__ = [
     "freeze_record",
     "holds_record",
     "make_step",
+    "message_of",
     "nodes",
     "render",
     "start_trail",
@@ -550,15 +551,9 @@ def render(trail: Trail | None, max_bytes: int = MAX_STEP_BYTES) -> list[dict[st
 
 
 def _as_step(item: Step) -> dict[str, Any] | None:
-    created, levelno, name, template, args = item[:5]
+    created, levelno, name = item[:3]
     extras, exception = (item[5], item[6]) if len(item) > 5 else (None, None)
-    message = template
-    if args is not None:
-        try:
-            message = template % args  # small immutables only: no app code runs here
-        except Exception:
-            message = template
-        message = cut(message, MAX_MESSAGE_LENGTH)
+    message = message_of(item)
     if not message:
         return None
     step: dict[str, Any] = dict(extras) if extras else {}
@@ -570,6 +565,19 @@ def _as_step(item: Step) -> dict[str, Any] | None:
         step["level"] = posthog_level(levelno)
         step["logger"] = name
     return step
+
+
+def message_of(item: Step) -> Any:
+    """A step's message: its template formatted with its arguments (small immutables only:
+    no app code runs here), cut; the template as it is when they do not fit it."""
+    template, args = item[3], item[4]
+    if args is None:
+        return template
+    try:
+        message = template % args
+    except Exception:
+        return template
+    return cut(message, MAX_MESSAGE_LENGTH)
 
 
 def _iso(epoch: float) -> str:

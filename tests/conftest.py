@@ -61,6 +61,16 @@ def make_client(server: CaptureServer, **kwargs: Any) -> posthog.Posthog:
 
 
 @pytest.fixture
+def logs_server(capture_server: CaptureServer) -> Iterator[CaptureServer]:
+    """``capture_server``; at the end, every PostHog Logs body it received must be what an
+    OpenTelemetry collector accepts (``tests/logs_wire.py``)."""
+    yield capture_server
+    from tests.logs_wire import assert_collector_accepts
+
+    assert_collector_accepts(capture_server)
+
+
+@pytest.fixture
 def posthog_client(capture_server: CaptureServer) -> Iterator[posthog.Posthog]:
     client = make_client(capture_server)
     yield client

@@ -18,8 +18,7 @@ from opentelemetry.sdk.trace import TracerProvider
 import posthog_errors
 from posthog_errors import _logs_delivery, _otlp
 from posthog_errors.capture_server import CaptureServer, Fault
-from tests.conftest import make_client
-from tests.logs_wire import assert_collector_accepts, parse_otlp
+from tests.logs_wire import parse_otlp
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", UserWarning)  # Starlette 1.x: TestClient moves to httpx2
@@ -33,24 +32,9 @@ TRACER = TracerProvider().get_tracer("tests.logs")
 
 
 @pytest.fixture
-def server() -> Iterator[CaptureServer]:
-    with CaptureServer() as srv:
-        yield srv
-        # Every body that reached the server is what an OpenTelemetry collector accepts.
-        assert_collector_accepts(srv)
-
-
-@pytest.fixture
-def client(server: CaptureServer) -> Iterator[posthog.Posthog]:
-    made = make_client(server)
-    yield made
-    made.shutdown()
-
-
-@pytest.fixture
-def installed(client: posthog.Posthog) -> Iterator[posthog_errors.Installation]:
+def installed(posthog_client: posthog.Posthog) -> Iterator[posthog_errors.Installation]:
     installation = posthog_errors.install(
-        client,
+        posthog_client,
         send_logs="info",
         service="shop",
         environment="staging",
@@ -63,10 +47,10 @@ def installed(client: posthog.Posthog) -> Iterator[posthog_errors.Installation]:
     logging.getLogger().setLevel(logging.WARNING)
 
 
-def records(server: CaptureServer, count: int) -> list[dict[str, Any]]:
+def records(logs_server: CaptureServer, count: int) -> list[dict[str, Any]]:
     """Flush, then exactly ``count`` log records from the wire."""
     assert posthog_errors.flush(5)
-    found = server.wait_for_log_records(count, timeout=5)
+    found = logs_server.wait_for_log_records(count, timeout=5)
     assert len(found) == count, [r["body"] for r in found]
     return found
 
@@ -154,7 +138,7 @@ def test_severity_follows_the_logs_spec(levelno: int, expected: tuple[int, str])
 
 
 def test_logging_records_carry_person_session_trace_and_the_event_uuid(
-    server: CaptureServer, installed: posthog_errors.Installation
+    logs_server: CaptureServer, installed: posthog_errors.Installation
 ) -> None:
     log = logging.getLogger("shop.checkout")
     with (
@@ -169,7 +153,7 @@ def test_logging_records_carry_person_session_trace_and_the_event_uuid(
         context = span.get_span_context()
     log.debug("below send_logs")
     logging.getLogger("posthog_errors.internal").warning("the library's own record")
-    found = by_body(records(server, 2))
+    found = by_body(records(logs_server, 2))
     trace_id, span_id = format(context.trace_id, "032x"), format(context.span_id, "016x")
     for record in found.values():
         assert (record["trace_id"], record["span_id"]) == (trace_id, span_id)
@@ -193,7 +177,7 @@ def test_logging_records_carry_person_session_trace_and_the_event_uuid(
     assert error["attributes"]["exception.type"] == "ValueError"
     # The $exception event of the same record: the same trace, span, session and person,
     # and its uuid on the log.
-    [event] = server.wait_for_events(1)
+    [event] = logs_server.wait_for_events(1)
     props = event["properties"]
     assert error["attributes"]["posthogExceptionUuid"] == event["uuid"]
     assert (props["$trace_id"], props["$span_id"]) == (trace_id, span_id)
@@ -203,7 +187,7 @@ def test_logging_records_carry_person_session_trace_and_the_event_uuid(
 
 
 def test_records_the_app_turned_off_are_not_sent(
-    server: CaptureServer, installed: posthog_errors.Installation
+    logs_server: CaptureServer, installed: posthog_errors.Installation
 ) -> None:
     quiet = logging.getLogger("shop.quiet")
     quiet.setLevel(logging.ERROR)
@@ -220,27 +204,29 @@ def test_records_the_app_turned_off_are_not_sent(
     finally:
         logging.disable(logging.NOTSET)
     logging.getLogger("shop").warning("sent")
-    assert [r["body"] for r in records(server, 1)] == ["sent"]
+    assert [r["body"] for r in records(logs_server, 1)] == ["sent"]
     assert posthog_errors.stats()["logs_queued"] == 1
 
 
-def test_send_logs_none_sends_nothing(server: CaptureServer, client: posthog.Posthog) -> None:
-    with posthog_errors.install(client, flush_on_signals=False):
+def test_send_logs_none_sends_nothing(
+    logs_server: CaptureServer, posthog_client: posthog.Posthog
+) -> None:
+    with posthog_errors.install(posthog_client, flush_on_signals=False):
         logging.getLogger("shop").warning("not a log")
         assert posthog_errors.flush(5)
-    assert server.log_requests == []
+    assert logs_server.log_requests == []
     assert posthog_errors.stats()["logs_queued"] == 0
 
 
-def test_bad_options_fail_at_configuration_time(client: posthog.Posthog) -> None:
+def test_bad_options_fail_at_configuration_time(posthog_client: posthog.Posthog) -> None:
     with pytest.raises(ValueError, match="unknown level"):
-        posthog_errors.install(client, send_logs="loud")
+        posthog_errors.install(posthog_client, send_logs="loud")
     with pytest.raises(TypeError):
-        posthog_errors.install(client, send_logs=True)  # type: ignore[arg-type]
+        posthog_errors.install(posthog_client, send_logs=True)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="before_send_log needs send_logs"):
-        posthog_errors.install(client, before_send_log=lambda r: r)
+        posthog_errors.install(posthog_client, before_send_log=lambda r: r)
     with pytest.raises(TypeError, match="before_send_log"):
-        posthog_errors.PostHogHandler(client=client, send_logs="info", before_send_log=3)  # type: ignore[arg-type]
+        posthog_errors.PostHogHandler(client=posthog_client, send_logs="info", before_send_log=3)  # type: ignore[arg-type]
 
 
 # -- before_send_log, the rate cap, PostHog's answers --------------------------------------
@@ -259,15 +245,15 @@ def edit_or_drop(record: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def test_before_send_log_edits_drops_and_fails_closed(
-    server: CaptureServer, client: posthog.Posthog
+    logs_server: CaptureServer, posthog_client: posthog.Posthog
 ) -> None:
     with posthog_errors.install(
-        client, send_logs="warning", before_send_log=edit_or_drop, flush_on_signals=False
+        posthog_client, send_logs="warning", before_send_log=edit_or_drop, flush_on_signals=False
     ):
         log = logging.getLogger("shop")
         for body in ("keep", "drop me", "raise", "wrong"):
             log.warning(body)
-        [record] = records(server, 1)
+        [record] = records(logs_server, 1)
     assert record["body"] == "KEEP" and record["attributes"]["edited"] is True
     stats = posthog_errors.stats()
     assert (stats["logs_queued"], stats["logs_sent"]) == (4, 1)
@@ -275,19 +261,19 @@ def test_before_send_log_edits_drops_and_fails_closed(
 
 
 def test_the_rate_cap_counts_after_before_send_log(
-    server: CaptureServer, client: posthog.Posthog, monkeypatch: pytest.MonkeyPatch
+    logs_server: CaptureServer, posthog_client: posthog.Posthog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(_logs_delivery, "RATE_CAP", 5)
     monkeypatch.setattr(_logs_delivery.LOGS, "_window_count", 0)
     monkeypatch.setattr(_logs_delivery.LOGS, "_window_start", 0.0)
     with posthog_errors.install(
-        client, send_logs="info", before_send_log=edit_or_drop, flush_on_signals=False
+        posthog_client, send_logs="info", before_send_log=edit_or_drop, flush_on_signals=False
     ):
         log = logging.getLogger("shop")
         log.warning("drop me")  # filtered: takes none of the window
         for index in range(8):
             log.warning("burst %d", index)
-        found = records(server, 5)
+        found = records(logs_server, 5)
     assert [r["body"] for r in found] == [f"BURST {i}" for i in range(5)]
     stats = posthog_errors.stats()
     assert (stats["logs_filtered"], stats["logs_rate_limited"], stats["logs_sent"]) == (1, 3, 5)
@@ -303,28 +289,28 @@ def test_the_rate_cap_counts_after_before_send_log(
     ids=["400", "413", "503"],
 )
 def test_what_postHog_refuses_is_counted_not_sent(
-    server: CaptureServer, client: posthog.Posthog, fault: Fault, outcome: str
+    logs_server: CaptureServer, posthog_client: posthog.Posthog, fault: Fault, outcome: str
 ) -> None:
-    server.set_fault(fault)
-    with posthog_errors.install(client, send_logs="info", flush_on_signals=False):
+    logs_server.set_fault(fault)
+    with posthog_errors.install(posthog_client, send_logs="info", flush_on_signals=False):
         for index in range(4):
             logging.getLogger("shop").warning("refused %d", index)
         assert not posthog_errors.flush(10)
     stats = posthog_errors.stats()
     assert (stats["logs_sent"], stats[outcome]) == (0, 4)
-    assert server.log_records() == []
+    assert logs_server.log_records() == []
     expected = {"logs_rejected": (1, 7), "logs_undelivered": (3, 3)}[outcome]
     if fault.status == 413:  # 4 records, then 2 + 2, then 1 + 1 + 1 + 1
-        assert len(server.log_requests) == expected[1]
+        assert len(logs_server.log_requests) == expected[1]
     elif fault.status == 503:  # retried, then given up
-        assert len(server.log_requests) == expected[0]
+        assert len(logs_server.log_requests) == expected[0]
 
 
 # -- the other doors -----------------------------------------------------------------------
 
 
 def test_dictconfig_handler_sends_logs_once_beside_install(
-    server: CaptureServer, client: posthog.Posthog
+    logs_server: CaptureServer, posthog_client: posthog.Posthog
 ) -> None:
     logging.config.dictConfig(
         {
@@ -334,7 +320,7 @@ def test_dictconfig_handler_sends_logs_once_beside_install(
                 "posthog": {
                     "class": "posthog_errors.PostHogHandler",
                     "api_key": "phc_dictconfig",
-                    "host": server.url,
+                    "host": logs_server.url,
                     "send_logs": "info",
                     "before_send_log": "tests.test_logs.edit_or_drop",
                 }
@@ -345,13 +331,13 @@ def test_dictconfig_handler_sends_logs_once_beside_install(
     billing = logging.getLogger("billing")
     try:
         billing.info("invoice sent")
-        records_now = records(server, 1)
+        records_now = records(logs_server, 1)
         assert records_now[0]["body"] == "INVOICE SENT"
         # install() as well: its hook sees the record first; the handler does not repeat it.
-        server.clear()
-        with posthog_errors.install(client, send_logs="info", flush_on_signals=False):
+        logs_server.clear()
+        with posthog_errors.install(posthog_client, send_logs="info", flush_on_signals=False):
             billing.info("invoice paid")
-            [record] = records(server, 1)
+            [record] = records(logs_server, 1)
         assert record["body"] == "invoice paid"  # install()'s options: no before_send_log
     finally:
         handler = billing.handlers[0]
@@ -360,7 +346,7 @@ def test_dictconfig_handler_sends_logs_once_beside_install(
 
 
 def test_structlog_key_values_are_attributes(
-    server: CaptureServer, client: posthog.Posthog
+    logs_server: CaptureServer, posthog_client: posthog.Posthog
 ) -> None:
     import structlog
 
@@ -369,7 +355,7 @@ def test_structlog_key_values_are_attributes(
     structlog.configure(
         processors=[
             structlog.stdlib.add_log_level,
-            PostHogProcessor(client, send_logs="info"),
+            PostHogProcessor(posthog_client, send_logs="info"),
             structlog.processors.KeyValueRenderer(),
         ],
         logger_factory=structlog.ReturnLoggerFactory(),
@@ -385,11 +371,11 @@ def test_structlog_key_values_are_attributes(
                 raise KeyError("job-12")
             except KeyError:
                 structlog.get_logger("jobs").exception("job failed", job_id=12)
-        found = by_body(records(server, 2))
+        found = by_body(records(logs_server, 2))
     finally:
         structlog.reset_defaults()
     failed = found["job failed"]
-    [event] = server.wait_for_events(1)
+    [event] = logs_server.wait_for_events(1)
     assert failed["attributes"]["posthogExceptionUuid"] == event["uuid"]
     assert failed["attributes"]["exception.type"] == "KeyError"
     assert failed["severity_text"] == "ERROR"
@@ -407,7 +393,7 @@ def test_structlog_key_values_are_attributes(
 
 
 def test_a_failing_request_has_its_logs_from_every_library(
-    server: CaptureServer, installed: posthog_errors.Installation
+    logs_server: CaptureServer, installed: posthog_errors.Installation
 ) -> None:
     import structlog
     from loguru import logger as loguru_logger
@@ -445,9 +431,9 @@ def test_a_failing_request_has_its_logs_from_every_library(
     try:
         with TestClient(app, raise_server_exceptions=False) as web:
             assert web.post("/checkout", headers=headers).status_code == 500
-        # httpx (the test client) logs the request at INFO too: an app log like any other.
+        # httpx (the test posthog_client) logs the request at INFO too: an app log like any other.
         found = by_body(
-            [r for r in records(server, 4) if r["attributes"]["logger.name"] != "httpx"]
+            [r for r in records(logs_server, 4) if r["attributes"]["logger.name"] != "httpx"]
         )
     finally:
         structlog.reset_defaults()
@@ -464,7 +450,7 @@ def test_a_failing_request_has_its_logs_from_every_library(
         assert record["attributes"]["sessionId"] == "sess-web"
     assert found["structlog: cart priced"]["attributes"]["total"] == 42.5
     assert found["loguru: stock reserved"]["attributes"]["order"] == "o-1"
-    [event] = server.wait_for_events(1)
+    [event] = logs_server.wait_for_events(1)
     props = event["properties"]
     assert (props["$trace_id"], props["$span_id"]) == (trace_id, span_id)
     assert (event["distinct_id"], props["$session_id"]) == ("buyer-1", "sess-web")

@@ -10,7 +10,6 @@ import logging
 import math
 import os
 import signal
-from collections.abc import Iterator
 from typing import Any
 
 import posthog
@@ -19,23 +18,7 @@ import pytest
 import posthog_errors
 from posthog_errors import _steps
 from posthog_errors.capture_server import LOGS_REQUEST_LIMIT, CaptureServer, Fault
-from tests.conftest import make_client
-from tests.logs_wire import assert_collector_accepts
 from tests.scripts import run_script
-
-
-@pytest.fixture
-def server() -> Iterator[CaptureServer]:
-    with CaptureServer() as srv:
-        yield srv
-        assert_collector_accepts(srv)
-
-
-@pytest.fixture
-def client(server: CaptureServer) -> Iterator[posthog.Posthog]:
-    made = make_client(server)
-    yield made
-    made.shutdown()
 
 
 class Hostile:
@@ -67,7 +50,7 @@ EVERY_TYPE: dict[str, Any] = {
 
 
 def test_huge_and_odd_records_are_sent_bounded(
-    server: CaptureServer, client: posthog.Posthog
+    logs_server: CaptureServer, posthog_client: posthog.Posthog
 ) -> None:
     import structlog
 
@@ -77,7 +60,7 @@ def test_huge_and_odd_records_are_sent_bounded(
     log = logging.getLogger("hostile")
     log.propagate = False
     log.addHandler(logging.NullHandler())
-    with posthog_errors.install(client, send_logs="info", flush_on_signals=False):
+    with posthog_errors.install(posthog_client, send_logs="info", flush_on_signals=False):
         log.warning("m" * 10_000_000)
         log.warning("arg %s", "a" * 10_000_000)
         log.warning("extras", extra=EVERY_TYPE)
@@ -89,22 +72,22 @@ def test_huge_and_odd_records_are_sent_bounded(
         assert posthog_errors.flush(10)
     log.propagate = True
     log.handlers.clear()
-    found = server.wait_for_log_records(6, timeout=5)
+    found = logs_server.wait_for_log_records(6, timeout=5)
     assert len(found) == 6
     for record in found:
         assert len(record["body"]) <= _steps.MAX_MESSAGE_LENGTH
         assert len(json.dumps(record["attributes"])) < 8 * 1024
     bodies = {r["body"][:10] for r in found}
     assert {"mmmmmmmmmm", "arg aaaaaa", "extras", "odd keys"} <= bodies
-    assert all(r.status == 200 for r in server.log_requests)
-    assert all(len(json.dumps(r.body)) < LOGS_REQUEST_LIMIT for r in server.log_requests)
+    assert all(r.status == 200 for r in logs_server.log_requests)
+    assert all(len(json.dumps(r.body)) < LOGS_REQUEST_LIMIT for r in logs_server.log_requests)
     stats = posthog_errors.stats()
     assert (stats["logs_queued"], stats["logs_sent"]) == (6, 6)
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="POSIX signals")
 def test_a_record_logged_in_a_signal_handler_is_sent(
-    server: CaptureServer, client: posthog.Posthog
+    logs_server: CaptureServer, posthog_client: posthog.Posthog
 ) -> None:
     log = logging.getLogger("signals")
     log.propagate = False
@@ -114,7 +97,7 @@ def test_a_record_logged_in_a_signal_handler_is_sent(
 
     previous = signal.signal(signal.SIGUSR1, on_signal)
     try:
-        with posthog_errors.install(client, send_logs="info", flush_on_signals=False):
+        with posthog_errors.install(posthog_client, send_logs="info", flush_on_signals=False):
             for index in range(200):
                 log.warning("main %d", index)
                 if index == 100:
@@ -123,7 +106,7 @@ def test_a_record_logged_in_a_signal_handler_is_sent(
     finally:
         signal.signal(signal.SIGUSR1, previous)
         log.propagate = True
-    found = server.wait_for_log_records(201, timeout=5)
+    found = logs_server.wait_for_log_records(201, timeout=5)
     bodies = [r["body"] for r in found]
     assert bodies.count("from the signal handler") == 1
     assert len(bodies) == 201
@@ -178,32 +161,32 @@ assert posthog_errors.flush(5)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
-def test_a_forked_child_sends_its_own_logs(server: CaptureServer) -> None:
-    result = run_script(FORKED, server.url, hang_after=30)
+def test_a_forked_child_sends_its_own_logs(logs_server: CaptureServer) -> None:
+    result = run_script(FORKED, logs_server.url, hang_after=30)
     assert result.returncode == 0, result.stderr[-3000:]
-    bodies = sorted(r["body"] for r in server.wait_for_log_records(3, timeout=5))
+    bodies = sorted(r["body"] for r in logs_server.wait_for_log_records(3, timeout=5))
     assert len(bodies) == 3, bodies  # each once: the child sends none of the parent's
     assert bodies[0].startswith("child ")
     assert bodies[1:] == ["parent after fork", "parent before fork"]
 
 
-def test_the_library_own_records_never_loop(server: CaptureServer) -> None:
+def test_the_library_own_records_never_loop(
+    logs_server: CaptureServer, posthog_client: posthog.Posthog
+) -> None:
     """PostHog down: the worker's and the client's own records (urllib3, posthog,
     posthog_errors) are not sent as logs, so no request begets another."""
-    server.set_fault(Fault(status=500))
-    client = make_client(server, max_retries=0)
+    logs_server.set_fault(Fault(status=500))
     try:
-        with posthog_errors.install(client, send_logs="debug", flush_on_signals=False):
+        with posthog_errors.install(posthog_client, send_logs="debug", flush_on_signals=False):
             logging.getLogger().setLevel(logging.DEBUG)
             logging.getLogger("app").warning("one")
             posthog_errors.flush(10)
-            server.set_fault(None)
+            logs_server.set_fault(None)
             logging.getLogger("app").warning("two")
             assert posthog_errors.flush(10)
     finally:
         logging.getLogger().setLevel(logging.WARNING)
-        client.shutdown()
-    names = {r["attributes"]["logger.name"] for r in server.log_records()}
+    names = {r["attributes"]["logger.name"] for r in logs_server.log_records()}
     assert names == {"app"}, names
     stats = posthog_errors.stats()
     assert (stats["logs_queued"], stats["logs_undelivered"], stats["logs_sent"]) == (2, 1, 1)
