@@ -16,6 +16,7 @@ import pytest
 
 from posthog_errors import _guard, _rate_limit, _reporter
 from posthog_errors._delivery import upload_failures, worker
+from posthog_errors._logs_delivery import LOGS
 from posthog_errors._stats import STATS
 from posthog_errors.capture_server import CaptureServer
 from tests.conformance import assert_event_conforms
@@ -33,6 +34,10 @@ def _clean_library_state() -> Iterator[None]:
     # test's: flush() reports failures since the last flush, process-wide.
     delivery = worker()
     delivery._failures_seen = upload_failures()
+    # The same for PostHog Logs: a send that failed after an earlier test's last flush, and
+    # that test's rate-cap window, are not this test's.
+    LOGS._ok = True
+    LOGS._window_start, LOGS._window_count = 0.0, 0
     _rate_limit.configure((_rate_limit.DEFAULT_BURST, _rate_limit.DEFAULT_PER_SECOND))
     previous = _reporter.set_default_reporter(None)
     failures = _guard.strict_failures()

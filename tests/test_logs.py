@@ -264,8 +264,6 @@ def test_the_rate_cap_counts_after_before_send_log(
     logs_server: CaptureServer, posthog_client: posthog.Posthog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(_logs_delivery, "RATE_CAP", 5)
-    monkeypatch.setattr(_logs_delivery.LOGS, "_window_count", 0)
-    monkeypatch.setattr(_logs_delivery.LOGS, "_window_start", 0.0)
     with posthog_errors.install(
         posthog_client, send_logs="info", before_send_log=edit_or_drop, flush_on_signals=False
     ):
