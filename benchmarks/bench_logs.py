@@ -247,7 +247,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         return run(rounds=1, calls=500, write=False)
-    return run(rounds=7, calls=5_000, write=args.write_doc)
+    return run(rounds=9, calls=5_000, write=args.write_doc)
 
 
 if __name__ == "__main__":
