@@ -179,18 +179,20 @@ def submit_record(options: LogsOptions, record: logging.LogRecord) -> None:
             if ignored or (handler.filters and not handler.filter(record)):
                 return
         head = _head_get()
-        msg, args = fields["msg"], fields["args"]
-        if (
-            head is not None
-            and len(head) == _SHORT_NODE
-            and head[_STEP] == fields["created"]
-            and head[_STEP + 3] is msg
-            and (head[_STEP + 4] is args if args else head[_STEP + 4] is None)
-            and head[2] == _ident()
-        ):
-            step = head[_STEP:]  # the step the hook just made: formatted once
-        else:
-            step = _steps.freeze_record(record)
+        try:
+            args = fields["args"]
+            made = (
+                head is not None
+                and len(head) == _SHORT_NODE
+                and head[_STEP] == fields["created"]
+                and head[_STEP + 3] is fields["msg"]
+                and (head[_STEP + 4] is args if args else head[_STEP + 4] is None)
+                and head[2] == _ident()
+            )
+        except KeyError:  # an odd record (attributes deleted): freeze_record copes
+            made = False
+        # The step the hook just made: formatted once. Else made now, as steps are.
+        step = head[_STEP:] if made and head is not None else _steps.freeze_record(record)
         fields[LOGGED_ATTR] = True  # after freezing: a record with extras is frozen slowly
         distinct_id, session_id, trace_id, span_id = _ids()
         event_uuid = fields.get(EVENT_UUID_ATTR)

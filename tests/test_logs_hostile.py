@@ -190,3 +190,22 @@ def test_the_library_own_records_never_loop(
     assert names == {"app"}, names
     stats = posthog_errors.stats()
     assert (stats["logs_queued"], stats["logs_undelivered"], stats["logs_sent"]) == (2, 1, 1)
+
+
+def test_an_odd_record_is_still_sent(
+    logs_server: CaptureServer, posthog_client: posthog.Posthog
+) -> None:
+    """A record of a LogRecord subclass with a message of its own, or with a dict for its
+    message, goes the slow way: sent, never an internal error (strict here)."""
+
+    class Custom(logging.LogRecord):
+        def getMessage(self) -> str:
+            return "custom message"
+
+    log = logging.getLogger("odd")
+    with posthog_errors.install(posthog_client, send_logs="info", flush_on_signals=False):
+        log.warning({"event": "a dict", "n": 1})
+        log.handle(Custom("odd", logging.WARNING, __file__, 2, "template", (), None))
+        assert posthog_errors.flush(10)
+    bodies = sorted(r["body"] for r in logs_server.wait_for_log_records(2, timeout=5))
+    assert bodies == ["custom message", "{'event': 'a dict', 'n': 1}"]
