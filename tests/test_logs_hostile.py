@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import signal
+import sys
 from typing import Any
 
 import posthog
@@ -209,3 +210,45 @@ def test_an_odd_record_is_still_sent(
         assert posthog_errors.flush(10)
     bodies = sorted(r["body"] for r in logs_server.wait_for_log_records(2, timeout=5))
     assert bodies == ["custom message", "{'event': 'a dict', 'n': 1}"]
+
+
+ENDS = """
+import logging, os, signal, sys
+posthog_errors.install(client, send_logs="info", shutdown_timeout=5.0)
+log = logging.getLogger("ending")
+log.warning("logged just before the end (%s)", sys.argv[2])
+if sys.argv[2] == "sigterm":
+    os.kill(os.getpid(), signal.SIGTERM)  # ends the process at its default disposition
+    signal.pause()
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGTERM") or sys.platform == "win32", reason="POSIX")
+@pytest.mark.parametrize("end", ["exit", "sigterm"])
+def test_logs_are_flushed_at_exit_and_before_sigterm(logs_server: CaptureServer, end: str) -> None:
+    """No flush() by the app: the exit flush, or the one before SIGTERM ends the process,
+    sends what was logged (within shutdown_timeout)."""
+    result = run_script(ENDS, logs_server.url, extra_args=[end], hang_after=30)
+    expected_status = 0 if end == "exit" else -signal.SIGTERM
+    assert result.returncode == expected_status, result.stderr[-3000:]
+    [record] = logs_server.wait_for_log_records(1, timeout=5)
+    assert record["body"] == f"logged just before the end ({end})"
+
+
+def test_loguru_records_carry_their_event_uuid(
+    logs_server: CaptureServer, posthog_client: posthog.Posthog
+) -> None:
+    from loguru import logger
+
+    with posthog_errors.install(posthog_client, send_logs="info", flush_on_signals=False):
+        try:
+            raise LookupError("sku-9")
+        except LookupError:
+            logger.bind(sku="sku-9").exception("stock lookup failed")
+        assert posthog_errors.flush(10)
+    [record] = logs_server.wait_for_log_records(1, timeout=5)
+    [event] = logs_server.wait_for_events(1)
+    assert record["attributes"]["posthogExceptionUuid"] == event["uuid"]
+    assert record["attributes"]["exception.type"] == "LookupError"
+    assert record["attributes"]["sku"] == "sku-9"
+    assert record["severity_text"] == "ERROR"
