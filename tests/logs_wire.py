@@ -26,7 +26,7 @@ def parse_otlp(body: Any) -> ExportLogsServiceRequest:
                     if key in record:
                         raw = bytes.fromhex(record[key])
                         assert len(raw) == size, record[key]
-                        record[key] = base64.b64encode(raw).decode()
+                        record[key] = base64.urlsafe_b64encode(raw).decode()  # as protobuf reads
     return json_format.Parse(json.dumps(body), ExportLogsServiceRequest())
 
 
