@@ -1,13 +1,14 @@
-"""Caller-thread cost and total CPU of capturing an exception: posthog-errors against
-posthog-python's ``Posthog.capture_exception`` and sentry-sdk's ``event_from_exception``.
+"""Caller-thread cost, total CPU and start-up of capturing exceptions: posthog-errors
+against posthog-python's ``Posthog.capture_exception``, sentry-sdk's
+``event_from_exception`` (3.x, and 2.x in a child process) and no library at all.
 
 Usage::
 
-    python benchmarks/bench_capture.py            # full run, under a minute on 2 cores
-    python benchmarks/bench_capture.py --quick    # smoke run, a few seconds
+    python benchmarks/bench_capture.py            # full run, about 4 minutes on 2 cores
+    python benchmarks/bench_capture.py --quick    # smoke run, about 15 seconds
     python benchmarks/bench_capture.py --write-doc  # also rewrite docs/performance.md
 
-All three libraries are measured in the same run, on the same exceptions, against a PostHog
+All libraries are measured in the same run, on the same exceptions, against a PostHog
 capture server on 127.0.0.1 running in a child process (so its CPU is not counted). See
 ``benchmarks/README.md`` for what each scenario means and ``docs/performance.md`` for the
 recorded figures. The exit status is 1 when the run itself is broken (events dropped or not
