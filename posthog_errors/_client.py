@@ -160,11 +160,13 @@ def warm_up_posthog_soon() -> None:
 
 
 def _warm_up_thread() -> None:
-    from posthog_errors._guard import mark_library_thread
+    # Library code: whatever the client logs meanwhile is not captured. Marked by the
+    # context, not by thread id (mark_library_thread), which a later app thread may reuse.
+    from posthog_errors._guard import library_code
 
-    mark_library_thread()  # whatever the client logs meanwhile is not captured
     try:
-        warm_up_posthog()
+        with library_code():
+            warm_up_posthog()
     finally:
         with contextlib.suppress(ValueError):
             _WARMING.remove(threading.current_thread())

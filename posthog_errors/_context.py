@@ -201,6 +201,8 @@ def resolve(
     found_session = found_session or current.session_id
     if found_id is None or found_session is None:
         for lookup in _FALLBACKS:
+            if found_id is not None and lookup in _ID_ONLY:
+                continue  # it can only tell the distinct ID, which is known
             fallback_id, fallback_session = lookup()
             found_id = found_id or fallback_id
             found_session = found_session or fallback_session
@@ -256,6 +258,7 @@ def _from_sentry() -> tuple[str | None, str | None]:
 
 
 _FALLBACKS = (_from_posthog, _from_structlog, _from_sentry)
+_ID_ONLY = (_from_sentry,)  # lookups that never find a session ID
 
 
 def caller_properties() -> dict[str, Any] | None:
