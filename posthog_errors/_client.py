@@ -14,7 +14,6 @@ import contextlib
 import importlib
 import logging
 import os
-import sys
 import threading
 import warnings
 from collections.abc import Callable
@@ -22,7 +21,7 @@ from typing import Any
 
 from posthog_errors._stats import STATS
 
-__all__ = ["ClientSource", "warm_up_posthog", "warm_up_posthog_soon"]
+__all__ = ["ClientSource", "warm_up_posthog"]
 
 logger = logging.getLogger("posthog_errors")
 
@@ -137,74 +136,6 @@ def _is_client(value: Any) -> bool:
     return callable(getattr(value, "capture", None)) and callable(getattr(value, "flush", None))
 
 
-def warm_up_posthog_soon() -> None:
-    """:func:`warm_up_posthog`, on a thread of ours, so that start-up does not wait for it.
-
-    Most of it is waiting for the ``lsb_release`` and ``uname`` subprocesses (about 20 ms,
-    and about 100 ms where ``lsb_release`` is a Python script), time in which the
-    application's own start-up can run. The hazard of doing it off the calling thread is a
-    fork in the middle of it (a pre-forking server right after start-up): a fork waits for
-    it to end (:func:`_before_fork`), bounded. Under gevent or eventlet it runs here and
-    now, as before (a green thread's subprocess would resume the app in the child).
-    """
-    if _green_threads():
-        warm_up_posthog()
-        return
-    thread = threading.Thread(target=_warm_up_thread, name="posthog-errors-warm-up", daemon=True)
-    _WARMING.append(thread)  # before it starts: a fork from now on waits for it
-    try:
-        thread.start()
-    except RuntimeError:  # no new thread now (interpreter shutdown): here, then
-        _WARMING.remove(thread)
-        warm_up_posthog()
-
-
-def _warm_up_thread() -> None:
-    # Library code: whatever the client logs meanwhile is not captured. Marked by the
-    # context, not by thread id (mark_library_thread), which a later app thread may reuse.
-    from posthog_errors._guard import library_code
-
-    try:
-        with library_code():
-            warm_up_posthog()
-    finally:
-        with contextlib.suppress(ValueError):
-            _WARMING.remove(threading.current_thread())
-
-
-# Warm-up threads still running; a fork waits for them.
-_WARMING: list[threading.Thread] = []
-_FORK_WAIT = 10.0  # seconds a fork waits for a warm-up at most
-
-
-def _before_fork() -> None:
-    """Let a running warm-up end before the process forks. A child forked in the middle of
-    it would inherit, held by a thread it does not have, the import lock of a module being
-    imported or the lock of a ``functools.cached_property`` being computed (``distro``'s),
-    and wait for ever the first time it needs either. Bounded: a warm-up that hangs does
-    not hang the fork."""
-    current = threading.current_thread()
-    for thread in list(_WARMING):
-        if thread is not current:
-            thread.join(_FORK_WAIT)
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_before_fork)
-
-
-def _green_threads() -> bool:
-    """Whether gevent or eventlet replaced threads with green ones."""
-    gevent = sys.modules.get("gevent.monkey")
-    eventlet = sys.modules.get("eventlet.patcher")
-    try:
-        if gevent is not None and gevent.is_module_patched("threading"):
-            return True
-        return bool(eventlet is not None and eventlet.is_monkey_patched("thread"))
-    except Exception:
-        return True  # cannot tell: the synchronous way, as before
-
-
 def warm_up_posthog() -> None:
     """Do the posthog client's lazy first-capture work now, on the calling thread.
 
@@ -212,8 +143,7 @@ def warm_up_posthog() -> None:
     ``uname`` in subprocesses, once, and caches the answer). Done on our worker, a fork at
     that moment leaves the child waiting for ever on a lock the worker held, and under
     gevent the subprocess's fork resumes the app's main greenlet in the child, which then
-    runs app code twice. ``install()`` calls this at start-up instead, through
-    :func:`warm_up_posthog_soon`.
+    runs app code twice. ``install()`` calls this at start-up instead.
 
     Also imported now: what ``requests`` imports inside its first request (``netrc``, for
     ``get_netrc_auth``). A first import holds that module's import lock; a fork at that

@@ -27,7 +27,7 @@ from posthog_errors import (
     _shutdown,
     _units,
 )
-from posthog_errors._client import warm_up_posthog_soon
+from posthog_errors._client import warm_up_posthog
 from posthog_errors._conform import bad_input
 from posthog_errors._delivery import worker
 from posthog_errors._reporter import BeforeSend, Reporter
@@ -199,7 +199,7 @@ def install(
         delivery.shutdown_timeout = float(shutdown_timeout)
         if not delivery.redirected:  # (posthog_errors.testing needs no client)
             reporter.client_source.prepare()  # build the client (or warn) now, not later
-            warm_up_posthog_soon()
+            warm_up_posthog()
 
         installation = Installation(reporter, handler, options)
         installation._previous_default = _reporter.set_default_reporter(reporter)
