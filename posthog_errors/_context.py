@@ -223,6 +223,8 @@ def _with_fallbacks(
 ) -> tuple[str | None, str | None]:
     """What the integrations' contexts know (``_FALLBACKS``, in order) of the ids not found."""
     for lookup in _FALLBACKS:
+        if found_id is not None and lookup in _ID_ONLY:
+            continue  # it can only tell the distinct ID, which is known
         fallback_id, fallback_session = lookup()
         found_id = found_id or fallback_id
         found_session = found_session or fallback_session
@@ -283,6 +285,7 @@ def _from_sentry() -> tuple[str | None, str | None]:
 
 
 _FALLBACKS = (_from_posthog, _from_structlog, _from_sentry)
+_ID_ONLY = (_from_sentry,)  # lookups that never find a session ID
 
 
 def caller_properties() -> dict[str, Any] | None:

@@ -54,7 +54,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, AnyStr, cast
 
 __all__ = [
     "DEFAULT_REDACTOR",
@@ -67,12 +67,40 @@ __all__ = [
     "split_words",
 ]
 
+
+class _LazyPattern:
+    """A module-level pattern, compiled on its first use.
+
+    The rules here take about 10 ms to compile, most of them for texts few events hold
+    (token formats, card numbers): paid at ``import posthog_errors`` they would be paid by
+    every process at start-up, on the main thread. The first attribute read compiles the
+    pattern and puts the compiled one in its module-level name, so later reads are plain
+    global lookups. Two threads compiling at once compile twice, harmlessly.
+    """
+
+    __slots__ = ("_flags", "_name", "_pattern")
+
+    def __init__(self, name: str, pattern: Any, flags: int) -> None:
+        self._name = name
+        self._pattern = pattern
+        self._flags = flags
+
+    def __getattr__(self, attribute: str) -> Any:
+        compiled = re.compile(self._pattern, self._flags)
+        globals()[self._name] = compiled
+        return getattr(compiled, attribute)
+
+
+def _lazy(name: str, pattern: AnyStr, flags: int = 0) -> re.Pattern[AnyStr]:
+    return cast("re.Pattern[AnyStr]", _LazyPattern(name, pattern, flags))
+
+
 FILTERED = "[Filtered]"
 
 # -- keys, by words ------------------------------------------------------------------------
 
 # snake_case, camelCase, kebab-case, dots, digits: ``X-CSRFToken`` -> X, CSRF, Token.
-_WORD = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+")
+_WORD = _lazy("_WORD", r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+")
 # A name whose last word is one of these is secret.
 _SECRET_NOUNS = frozenset(
     {
@@ -121,7 +149,7 @@ _COOKIE_HEADERS = frozenset({"cookie", "setcookie", "cookies"})
 # Query parameters that carry a signature: secret only in a URL (``?sig=``).
 _URL_ONLY_KEYS = frozenset({"sig", "signature", "xamzsignature", "xamzcredential"})
 
-_NOT_KEY_CHARS = re.compile(r"[^a-z0-9]+")
+_NOT_KEY_CHARS = _lazy("_NOT_KEY_CHARS", r"[^a-z0-9]+")
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-$")
 _KEY_CACHE_LIMIT = 4096
 _MAX_NAME = 64
@@ -199,80 +227,93 @@ _TOKEN_FORMATS = [
     r"(?=[0-9A-Za-z+/]{0,39}[+/])(?=[0-9A-Za-z+/]{0,39}[a-z])(?=[0-9A-Za-z+/]{0,39}[A-Z])"
     r"[0-9A-Za-z+/]{40}(?![0-9A-Za-z+/=])",
 ]
-_TOKEN_FORMAT = re.compile("|".join(_TOKEN_FORMATS))
-_TOKEN_FORMAT_BYTES = re.compile("|".join(_TOKEN_FORMATS).encode("ascii"))
+_TOKEN_FORMAT = _lazy("_TOKEN_FORMAT", "|".join(_TOKEN_FORMATS))
+_TOKEN_FORMAT_BYTES = _lazy("_TOKEN_FORMAT_BYTES", "|".join(_TOKEN_FORMATS).encode("ascii"))
 # The same formats' prefixes: at the end of a cut text, a prefix and anything after it.
-_TOKEN_PREFIX_AT_END = re.compile(
+_TOKEN_PREFIX_AT_END = _lazy(
+    "_TOKEN_PREFIX_AT_END",
     r"(?<![A-Za-z0-9_])(?:AKIA|ASIA|ABIA|ACCA|[sr]k_live_|[sr]k_test_|whsec_|eyJ|gh[pousr]_"
     r"|github_pat_|xox[abposre]-|xapp-|AIza|ya29\.|GOCSPX-|gl(?:pat|dt|ptt|rt|soat|cbt)-"
     r"|npm_|pypi-|SG\.|phx_|sk-|dapi|shp(?:at|ss|ca|pa)_|NRAK-|NRII-|hf_|sntry[su]_"
     r"|do[opr]_v1_|lin_api_|ntn_|PMAK-|xkeysib-|glsa_|glc_|sq0atp-|sq0csp-|ATATT|dp\."
-    r"|pul-|AGE-SECRET-KEY-|hvs\.|dckr_pat_|figd_|gsk_)[0-9A-Za-z_+/=.:-]*\Z"
+    r"|pul-|AGE-SECRET-KEY-|hvs\.|dckr_pat_|figd_|gsk_)[0-9A-Za-z_+/=.:-]*\Z",
 )
 # Card numbers: 13 to 19 digits, alone or in groups of 4 (Amex 4-6-5) split by a space or a
 # dash; then the Luhn check and a card network's prefix (see ``is_card_number``).
-_CARD = re.compile(
+_CARD_PATTERN = (
     r"(?<![0-9A-Za-z_.\-])(?:\d{13,19}|\d{4}([ -])\d{4}\1\d{4}\1\d{1,7}|\d{4}([ -])\d{6}\2\d{5})"
     r"(?![0-9A-Za-z_]|[.\-]\d)"
 )
-_CARD_BYTES = re.compile(_CARD.pattern.encode("ascii"))
-_CARD_PREFIX = re.compile(
-    r"4|5[1-5]|2(?:2[2-9]|[3-6]|7[01]|720)|3[47]|3(?:0[0-5]|[68])|6(?:011|5|4[4-9]|2)|35(?:2[89]|[3-8])"
+_CARD = _lazy("_CARD", _CARD_PATTERN)
+_CARD_BYTES = _lazy("_CARD_BYTES", _CARD_PATTERN.encode("ascii"))
+_CARD_PREFIX = _lazy(
+    "_CARD_PREFIX",
+    r"4|5[1-5]|2(?:2[2-9]|[3-6]|7[01]|720)|3[47]|3(?:0[0-5]|[68])|6(?:011|5|4[4-9]|2)|35(?:2[89]|[3-8])",
 )
 
 # -----BEGIN ... PRIVATE KEY----- through its END line, or to the end of a cut text.
-_PEM = re.compile(
+_PEM = _lazy(
+    "_PEM",
     r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----.*?"
     r"(?:-----END[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----|\Z)",
     re.DOTALL,
 )
 # scheme://user:password@host -> scheme://user:[Filtered]@host (the last @ before the path)
-_URL_CREDENTIALS = re.compile(
+_URL_CREDENTIALS = _lazy(
+    "_URL_CREDENTIALS",
     r"(?P<head>(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]{0,30}://[^:@/\s]{0,256}):"
-    r"[^/\s]{0,256}@"
+    r"[^/\s]{0,256}@",
 )
 # ... and a password holding a "/": the first @ that is followed by a host.
-_URL_SLASHED_PASSWORD = re.compile(
+_URL_SLASHED_PASSWORD = _lazy(
+    "_URL_SLASHED_PASSWORD",
     r"(?P<head>(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]{0,30}://[^:@/\s]{0,256}):"
-    r"(?P<password>[^@\s]{0,256}?)@(?=[A-Za-z0-9\[][A-Za-z0-9.\-\]]*(?::\d{1,5})?(?:[/?#\s'\"]|\Z))"
+    r"(?P<password>[^@\s]{0,256}?)@(?=[A-Za-z0-9\[][A-Za-z0-9.\-\]]*(?::\d{1,5})?(?:[/?#\s'\"]|\Z))",
 )
-_URL_CREDENTIALS_AT_END = re.compile(
+_URL_CREDENTIALS_AT_END = _lazy(
+    "_URL_CREDENTIALS_AT_END",
     r"(?P<head>(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]{0,30}://[^:@/\s]{0,256}):"
-    r"[^@/\s]*\Z"
+    r"[^@/\s]*\Z",
 )
 # https://<32 hex>[:<32 hex>]@host/1: a Sentry DSN's key.
-_SENTRY_DSN = re.compile(r"(?P<head>https?://)[0-9a-f]{32}(?::[0-9a-f]{32})?@")
+_SENTRY_DSN = _lazy("_SENTRY_DSN", r"(?P<head>https?://)[0-9a-f]{32}(?::[0-9a-f]{32})?@")
 # Webhook URLs whose path is the secret.
-_WEBHOOK = re.compile(
+_WEBHOOK = _lazy(
+    "_WEBHOOK",
     r"(?P<head>https://(?:hooks\.slack\.com/(?:services|workflows|triggers)/"
     r"|(?:ptb\.|canary\.)?discord(?:app)?\.com/api/webhooks/\d{5,30}/"
     r"|[A-Za-z0-9-]{1,64}\.webhook\.office\.com/webhookb2/"
-    r"|hooks\.zapier\.com/hooks/catch/))(?P<value>[A-Za-z0-9_@/+=.-]{8,})"
+    r"|hooks\.zapier\.com/hooks/catch/))(?P<value>[A-Za-z0-9_@/+=.-]{8,})",
 )
 # Bearer abc..., "Basic dXNlcjpw...", token 3f9a..., ApiKey x, Splunk <uuid> (a value with a
 # digit, a symbol or mixed case: "token expired", "basic authentication" stay)
-_AUTH_SCHEME = re.compile(
+_AUTH_SCHEME = _lazy(
+    "_AUTH_SCHEME",
     r"(?P<head>(?<![A-Za-z0-9_-])(?:bearer|basic|digest|token|api-?key|splunk)[ \t]+)"
     r"(?P<value>[A-Za-z0-9\-._~+/]{8,}=*)",
     re.IGNORECASE,
 )
-_AUTH_SCHEME_AT_END = re.compile(
-    r"(?P<head>\b(?:bearer|basic|digest|api-?key|splunk)[ \t]+)\S*\Z", re.I
+_AUTH_SCHEME_AT_END = _lazy(
+    "_AUTH_SCHEME_AT_END", r"(?P<head>\b(?:bearer|basic|digest|api-?key|splunk)[ \t]+)\S*\Z", re.I
 )
 # A scheme word before a credential in an Authorization header's value.
-_SCHEME_WORD = re.compile(r"(?:[A-Za-z][A-Za-z-]{1,19}|AWS4-HMAC-SHA256)[ \t]+(?=[^\s'\"])")
-# <password>x</password>, <wsse:Password Type="...">x</wsse:Password>
-_XML_ELEMENT = re.compile(
-    r"<(?P<tag>(?:[A-Za-z_][\w.-]{0,40}:)?(?P<local>[A-Za-z_][\w.-]{0,64}))(?:\s[^<>]{0,512})?>"
-    r"(?P<value>[^<]{1,4096})</(?P=tag)\s*>"
+_SCHEME_WORD = _lazy(
+    "_SCHEME_WORD", r"(?:[A-Za-z][A-Za-z-]{1,19}|AWS4-HMAC-SHA256)[ \t]+(?=[^\s'\"])"
 )
-_SSHPASS = re.compile(
+# <password>x</password>, <wsse:Password Type="...">x</wsse:Password>
+_XML_ELEMENT = _lazy(
+    "_XML_ELEMENT",
+    r"<(?P<tag>(?:[A-Za-z_][\w.-]{0,40}:)?(?P<local>[A-Za-z_][\w.-]{0,64}))(?:\s[^<>]{0,512})?>"
+    r"(?P<value>[^<]{1,4096})</(?P=tag)\s*>",
+)
+_SSHPASS = _lazy(
+    "_SSHPASS",
     r"\bsshpass[ \t]+-p[ \t]*\\*"
-    r"(?:'(?P<single>[^'\n]*)'|\"(?P<double>[^\"\n]*)\"|(?P<plain>[^\s'\"\\]+))"
+    r"(?:'(?P<single>[^'\n]*)'|\"(?P<double>[^\"\n]*)\"|(?P<plain>[^\s'\"\\]+))",
 )
 # A value after ``name=`` (etc.): quoted to its closing quote or the end of the line,
 # bracketed, or running to a separator.
-_PLAIN_VALUE = re.compile(r"[^\s,;&'\"}\])<>\\]+")
+_PLAIN_VALUE = _lazy("_PLAIN_VALUE", r"[^\s,;&'\"}\])<>\\]+")
 _BRACKETS = {"(": ")", "[": "]", "{": "}"}
 # Runs of 14+ characters that a token is made of: the only places a value rule can match.
 _RUN_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.+/=:"
@@ -282,7 +323,7 @@ _LONG_RUN = b"a" * 13
 # Digits (0) and spaces (1): two groups of 4 digits split by a space may start a card.
 _CARD_GROUPS_TABLE = bytes(48 if 48 <= i <= 57 else 49 if i == 32 else 46 for i in range(256))
 _CARD_GROUPS = b"000010000"
-_RUN_AT_END = re.compile(r"(?<![A-Za-z0-9+/_\-])[A-Za-z0-9+/_\-]{16,}={0,2}\Z")
+_RUN_AT_END = _lazy("_RUN_AT_END", r"(?<![A-Za-z0-9+/_\-])[A-Za-z0-9+/_\-]{16,}={0,2}\Z")
 # How much of a cut text's end is checked for a partial secret.
 _TAIL = 600
 _CUT_MARK = "..."

@@ -298,6 +298,7 @@ def walk_exceptions(
         seen.add(id(current))
         tb = _traceback_of(current)
         frames, omitted = frames_from_traceback(tb, max_frames)
+        members = group_members(current)
         entry = ExceptionSnapshot(
             type_name=exception_type_name(current),
             value=exception_value(current, max_value_length),
@@ -307,7 +308,7 @@ def walk_exceptions(
             exception_id=len(result),
             parent_id=parent_id,
             relation=relation,
-            is_group=group_members(current) is not None,
+            is_group=members is not None,
         )
         if locals_for is not None and frames:
             # Each exception's own traceback: chained exceptions get their own locals.
@@ -320,14 +321,17 @@ def walk_exceptions(
             entry.stack_is_synthetic = bool(entry.frames)
             entry.frame_locals = None
         result.append(entry)
-        children = _children(current)
+        children = _children(current, members)
         # Reversed, so that the first child is popped (visited) first.
         for child, child_relation in reversed(children):
             pending.append((child, entry.exception_id, child_relation))
     return result
 
 
-def _children(exc: BaseException) -> list[tuple[BaseException, str]]:
+def _children(
+    exc: BaseException, members: tuple[object, ...] | None
+) -> list[tuple[BaseException, str]]:
+    """The exceptions below ``exc``; ``members`` is ``group_members(exc)``, read once."""
     children: list[tuple[BaseException, str]] = []
     try:
         if exc.__suppress_context__:
@@ -335,7 +339,6 @@ def _children(exc: BaseException) -> list[tuple[BaseException, str]]:
                 children.append((exc.__cause__, "cause"))
         elif isinstance(exc.__context__, BaseException):
             children.append((exc.__context__, "context"))
-        members = group_members(exc)
         if members is not None:
             children.extend((m, "member") for m in members if isinstance(m, BaseException))
     except Exception:
