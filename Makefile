@@ -67,6 +67,7 @@ docs: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_capture.py --write-doc
 	$(BIN)/python benchmarks/bench_logging.py --write-doc
+	$(BIN)/python benchmarks/bench_logs.py --write-doc
 
 # PYTHONWARNINGS hides only setuptools' "Editable installation" notice, which pip 25+ prints
 # on every editable install; other warnings and every error still show.
