@@ -213,9 +213,24 @@ def current_ids() -> tuple[str | None, str | None]:
     record, so the same chain at the least cost)."""
     current = _binding.get()
     found_id, found_session = current.distinct_id, current.session_id
-    if found_id is None or found_session is None:
-        return _with_fallbacks(found_id, found_session)
-    return found_id, found_session
+    if found_id is not None and found_session is not None:
+        return found_id, found_session
+    # The common case, cheaply: none of the fallbacks can know anything (their library not
+    # imported, or posthog's context stack empty), without a call to each.
+    modules = _modules
+    contexts = modules.get("posthog.contexts")
+    # posthog's stack empty (outside any new_context()): its _get_current_context() is None.
+    stack = None if contexts is None else getattr(contexts, "_context_stack", None)
+    if (
+        (contexts is None or (type(stack) is contextvars.ContextVar and stack.get() is None))
+        and "structlog.contextvars" not in modules
+        and "sentry_sdk" not in modules
+    ):
+        return found_id, found_session
+    return _with_fallbacks(found_id, found_session)
+
+
+_modules = sys.modules
 
 
 def _with_fallbacks(
@@ -313,16 +328,51 @@ def current_span() -> tuple[int, int] | None:
     """(trace id, span id) of the active OpenTelemetry span, or None: read only when the app
     imported ``opentelemetry.trace``. The ``$exception`` events and PostHog Logs both read
     it here, so a log and the failure of the same span point at each other."""
-    trace = sys.modules.get("opentelemetry.trace")
+    modules = sys.modules
+    trace = modules.get("opentelemetry.trace")
     if trace is None:
         return None
     try:
+        # No span here (a log outside a traced request, the common case): read straight
+        # from the ContextVar of OpenTelemetry's default runtime context, what
+        # get_current_span() reads through three calls (PostHog Logs read it per record).
+        runtime = getattr(modules.get("opentelemetry.context"), "_RUNTIME_CONTEXT", None)
+        source = _otel_source
+        if runtime is not source[0]:
+            source = _read_otel_source(runtime)
+        variable = source[1]
+        if variable is not None:
+            current = variable.get()
+            if isinstance(current, dict) and current.get(source[2]) is None:
+                return None
         span = trace.get_current_span().get_span_context()
         if span.is_valid:
             return int(span.trace_id), int(span.span_id)
     except Exception:
         pass  # an opentelemetry-api we cannot read
     return None
+
+
+# (OpenTelemetry's runtime context, the ContextVar it keeps the current Context in, the key
+# the current span is stored under), read once by _read_otel_source().
+_otel_source: tuple[Any, Any, Any] = (None, None, None)
+
+
+def _read_otel_source(runtime: Any) -> tuple[Any, Any, Any]:
+    """Where ``runtime`` keeps the current span, when it is opentelemetry-api's default
+    (``ContextVarsRuntimeContext``); else (runtime, None, None): an other runtime context,
+    or an opentelemetry-api laid out otherwise, is read the public way only."""
+    global _otel_source
+    variable = getattr(runtime, "_current_context", None)
+    key = getattr(sys.modules.get("opentelemetry.trace.propagation"), "_SPAN_KEY", None)
+    if (
+        type(runtime).__name__ != "ContextVarsRuntimeContext"
+        or type(variable) is not contextvars.ContextVar
+        or type(key) is not str
+    ):
+        variable = key = None
+    _otel_source = (runtime, variable, key)
+    return _otel_source
 
 
 def carry_context(function: Callable[P, R]) -> Callable[P, R]:

@@ -169,7 +169,8 @@ def submit_record(options: LogsOptions, record: logging.LogRecord) -> None:
     and :func:`_submit` do, kept in step with them."""
     try:
         fields = record.__dict__
-        if LOGGED_ATTR in fields or _inside_get() or _ident() in _library_threads:
+        ident = _ident()
+        if LOGGED_ATTR in fields or _inside_get() or ident in _library_threads:
             return
         handler = options.handler
         if handler is not None:
@@ -187,14 +188,16 @@ def submit_record(options: LogsOptions, record: logging.LogRecord) -> None:
                 and head[_STEP] == fields["created"]
                 and head[_STEP + 3] is fields["msg"]
                 and (head[_STEP + 4] is args if args else head[_STEP + 4] is None)
-                and head[2] == _ident()
+                and head[2] == ident
             )
         except KeyError:  # an odd record (attributes deleted): freeze_record copes
             made = False
         # The step the hook just made: formatted once. Else made now, as steps are.
         step = head[_STEP:] if made and head is not None else _steps.freeze_record(record)
         fields[LOGGED_ATTR] = True  # after freezing: a record with extras is frozen slowly
-        distinct_id, session_id, trace_id, span_id = _ids()
+        distinct_id, session_id = _current_ids()  # _ids(), inline
+        span = _current_span() if "opentelemetry.trace" in _modules else None
+        trace_id, span_id = (0, 0) if span is None else span
         event_uuid = fields.get(EVENT_UUID_ATTR)
         if len(step) != 5:  # a long step: extras, an exception, or a formatted message
             _submit(options, step, distinct_id, session_id, trace_id, span_id, event_uuid)

@@ -139,8 +139,9 @@ class LogsWorker:
             return False
         admitted = self._admitted
         total = next(admitted)
-        for _ in range(units - 1):
-            total = next(admitted)
+        if units > 1:  # (most records are one unit: no loop)
+            for _ in range(units - 1):
+                total = next(admitted)
         self._admitted_hint = total + 1
         next(STATS._counters["logs_queued"])  # STATS.add's one C call, without its loop
         work.put(snapshot)
