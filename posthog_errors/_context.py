@@ -33,7 +33,7 @@ __all__ = [
     "bind",
     "carry_context",
     "current_binding",
-    "current_ids",
+    "current_ids_and_span",
     "current_span",
     "get_distinct_id",
     "get_session_id",
@@ -207,27 +207,38 @@ def resolve(
     return found_id, found_session, properties
 
 
-def current_ids() -> tuple[str | None, str | None]:
-    """(distinct ID, session ID) here and now: :func:`resolve` for no exception and no
-    explicit ids, without what only an exception needs (read for every PostHog Logs
-    record, so the same chain at the least cost)."""
+def current_ids_and_span() -> tuple[str | None, str | None, int, int]:
+    """(distinct ID, session ID, trace id, span id) here and now: :func:`resolve` for no
+    exception and no explicit ids, and :func:`current_span` (zeros for none). Read for
+    every PostHog Logs record, so the same chain at the least cost: one call, where nothing
+    can be known (no id bound, no fallback library with a context, no span) a few lookups.
+    """
     current = _binding.get()
     found_id, found_session = current.distinct_id, current.session_id
-    if found_id is not None and found_session is not None:
-        return found_id, found_session
-    # The common case, cheaply: none of the fallbacks can know anything (their library not
-    # imported, or posthog's context stack empty), without a call to each.
     modules = _modules
-    contexts = modules.get("posthog.contexts")
-    # posthog's stack empty (outside any new_context()): its _get_current_context() is None.
-    stack = None if contexts is None else getattr(contexts, "_context_stack", None)
-    if (
-        (contexts is None or (type(stack) is contextvars.ContextVar and stack.get() is None))
-        and "structlog.contextvars" not in modules
-        and "sentry_sdk" not in modules
-    ):
-        return found_id, found_session
-    return _with_fallbacks(found_id, found_session)
+    if found_id is None or found_session is None:
+        contexts = modules.get("posthog.contexts")
+        # posthog's stack empty (outside new_context()): _get_current_context() is None.
+        stack = None if contexts is None else getattr(contexts, "_context_stack", None)
+        if not (
+            (contexts is None or (type(stack) is contextvars.ContextVar and stack.get() is None))
+            and "structlog.contextvars" not in modules
+            and "sentry_sdk" not in modules
+        ):
+            found_id, found_session = _with_fallbacks(found_id, found_session)
+    if "opentelemetry.trace" not in modules:
+        return found_id, found_session, 0, 0
+    # current_span()'s no-span case, inline (see there); else current_span() decides.
+    runtime = getattr(modules.get("opentelemetry.context"), "_RUNTIME_CONTEXT", None)
+    source = _otel_source
+    if runtime is source[0] and source[1] is not None:
+        context = source[1].get()
+        if isinstance(context, dict) and context.get(source[2]) is None:
+            return found_id, found_session, 0, 0
+    span = current_span()
+    if span is None:
+        return found_id, found_session, 0, 0
+    return found_id, found_session, span[0], span[1]
 
 
 _modules = sys.modules

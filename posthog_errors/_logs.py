@@ -8,7 +8,7 @@ thread a record only becomes a small tuple (:func:`submit_record`, :func:`submit
   do, bounded, made at log time; when the logging hook just made this record's step, that
   very step is reused, so a record that is both a step and a log is formatted once;
 - the person and session (``_context.resolve``, the same chain the ``$exception`` events
-  read) and the active OpenTelemetry span's ids (``_context.current_span``);
+  read) and the active OpenTelemetry span's ids (``_context.current_ids_and_span``);
 - the uuid of the ``$exception`` event the record became, if it became one
   (:data:`EVENT_UUID_ATTR`, set by the doors that report records).
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -138,42 +137,31 @@ class LogsOptions:
 
 
 # What submit_record() reads for every record: module globals bound once (the hot path).
-_current_ids = _context.current_ids
-_current_span = _context.current_span
+_current_ids_and_span = _context.current_ids_and_span
 _inside_get = _guard._inside.get
 _library_threads = _guard._library_threads
 _ident = threading.get_ident
 _head_get = _steps.HEAD.get
 _STEP = _steps.STEP
 _SHORT_NODE = _STEP + 5  # a node of a short step: (template, arguments) kept as they are
-_modules = sys.modules
 
 
-def _ids() -> tuple[str | None, str | None, int, int]:
-    """(distinct id, session id, trace id, span id) here and now: the binding's ids, else
-    the chain ``$exception`` events resolve by; the active span's ids, else zeros."""
-    distinct_id, session_id = _current_ids()
-    span = _current_span() if "opentelemetry.trace" in _modules else None
-    if span is None:
-        return distinct_id, session_id, 0, 0
-    return distinct_id, session_id, span[0], span[1]
-
-
-def submit_record(options: LogsOptions, record: logging.LogRecord) -> None:
+def submit_record(options: LogsOptions, record: logging.LogRecord, passed: bool = False) -> None:
     """Queue ``record`` for PostHog Logs (the caller checked its level). Never raises.
 
     Not sent: a record sent already (another door), one made by the library's own code or
     threads (``_guard``), one of an ignored logger (the posthog client's, its HTTP
     stack's, this library's: so a PostHog outage is never logged to PostHog, in a loop) or
-    one the handler's filters refuse. The hot path, inline: what ``_steps.holds_record``
-    and :func:`_submit` do, kept in step with them."""
+    one the handler's filters refuse (``passed``: the handler just checked those two).
+    The hot path, inline: what ``_steps.holds_record`` and :func:`_submit` do, kept in
+    step with them."""
     try:
         fields = record.__dict__
         ident = _ident()
         if LOGGED_ATTR in fields or _inside_get() or ident in _library_threads:
             return
         handler = options.handler
-        if handler is not None:
+        if handler is not None and not passed:
             ignored = handler._ignored_cache.get(record.name)
             if ignored is None:
                 ignored = handler._is_ignored(record.name)
@@ -195,9 +183,7 @@ def submit_record(options: LogsOptions, record: logging.LogRecord) -> None:
         # The step the hook just made: formatted once. Else made now, as steps are.
         step = head[_STEP:] if made and head is not None else _steps.freeze_record(record)
         fields[LOGGED_ATTR] = True  # after freezing: a record with extras is frozen slowly
-        distinct_id, session_id = _current_ids()  # _ids(), inline
-        span = _current_span() if "opentelemetry.trace" in _modules else None
-        trace_id, span_id = (0, 0) if span is None else span
+        distinct_id, session_id, trace_id, span_id = _current_ids_and_span()
         event_uuid = fields.get(EVENT_UUID_ATTR)
         if len(step) != 5:  # a long step: extras, an exception, or a formatted message
             _submit(options, step, distinct_id, session_id, trace_id, span_id, event_uuid)
@@ -235,7 +221,7 @@ def submit_event(
         made = _steps.make_step(message, plain)
         name = cut(logger_name, 200) if isinstance(logger_name, str) else ""
         step = (made[0], levelno, name, made[3], None, made[5], None, 0)
-        found_id, found_session, trace_id, span_id = _ids()
+        found_id, found_session, trace_id, span_id = _current_ids_and_span()
         _submit(
             options,
             step,

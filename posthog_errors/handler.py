@@ -176,11 +176,25 @@ class PostHogHandler(logging.Handler):
 
     def _handle_and_send_log(self, record: logging.LogRecord) -> bool:
         """``handle()`` with ``send_logs``: the record becomes an event or a step as ever,
-        then, at or above ``send_logs``, a log of PostHog Logs (with that event's uuid)."""
-        sent = PostHogHandler.handle(self, record)
+        then, at or above ``send_logs``, a log of PostHog Logs (with that event's uuid).
+
+        A record that becomes a step, the common case, is checked once for both (ignored
+        logger, filters): ``handle()``'s step branch, inline, kept in step with it."""
         logs = self.logs
-        if logs is not None and record.levelno >= logs.level:
-            submit_record(logs, record)
+        levelno = record.levelno
+        if logs is None or levelno < logs.level:
+            return PostHogHandler.handle(self, record)
+        if self._routes.get(levelno) is _STEP:
+            name = record.name
+            ignored = self._ignored_cache.get(name)
+            if ignored is None:
+                ignored = self._is_ignored(name)
+            if not ignored and (not self.filters or self.filter(record)):
+                add_step_record(record)
+                submit_record(logs, record, True)
+            return False
+        sent = PostHogHandler.handle(self, record)
+        submit_record(logs, record)
         return sent
 
     def handle(self, record: logging.LogRecord) -> bool:
