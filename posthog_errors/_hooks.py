@@ -371,7 +371,8 @@ def install_logging_hook(handler: PostHogHandler, logs: _logs.LogsOptions | None
                         # The step, made now: never the record itself (_steps.freeze_record).
                         _set_head((head, head[1] + 1, head[2], created, levelno, name, msg, args))
                         if levelno >= logs_gate.lowest:
-                            submit_log(logs, record)  # type: ignore[arg-type]
+                            # Its logger known not ignored, no filters: checked (passed).
+                            submit_log(logs, record, True)  # type: ignore[arg-type]
                         previous(self, record)
                         return
             except Exception:

@@ -144,6 +144,7 @@ _ident = threading.get_ident
 _head_get = _steps.HEAD.get
 _STEP = _steps.STEP
 _SHORT_NODE = _STEP + 5  # a node of a short step: (template, arguments) kept as they are
+_MAX_ARGUMENT = _steps.MAX_ARGUMENT_LENGTH
 
 
 def submit_record(options: LogsOptions, record: logging.LogRecord, passed: bool = False) -> None:
@@ -191,8 +192,7 @@ def submit_record(options: LogsOptions, record: logging.LogRecord, passed: bool 
         template, args = step[3], step[4]
         units = (
             _BASE_UNITS
-            + (len(template) + (0 if args is None else len(args) * _steps.MAX_ARGUMENT_LENGTH))
-            // UNIT
+            + (len(template) + (0 if args is None else len(args) * _MAX_ARGUMENT)) // UNIT
         )
         _LOGS.submit(
             (options, step, distinct_id, session_id, trace_id, span_id, event_uuid, units), units
