@@ -30,7 +30,7 @@ from posthog_errors import _context, _guard, _steps
 from posthog_errors._bounded import cut
 from posthog_errors._levels import posthog_level
 from posthog_errors._logs_delivery import LOGS as _LOGS
-from posthog_errors._logs_delivery import UNIT, LogSnapshot
+from posthog_errors._logs_delivery import SNAPSHOT_STEP, UNIT, LogSnapshot
 from posthog_errors._otlp import severity
 
 __all__ = [
@@ -182,20 +182,37 @@ def submit_record(options: LogsOptions, record: logging.LogRecord, passed: bool 
         except KeyError:  # an odd record (attributes deleted): freeze_record copes
             made = False
         # The step the hook just made: formatted once. Else made now, as steps are.
-        step = head[_STEP:] if made and head is not None else _steps.freeze_record(record)
+        step = (
+            head if made and head is not None else (None, None, None, *_steps.freeze_record(record))
+        )
         fields[LOGGED_ATTR] = True  # after freezing: a record with extras is frozen slowly
         distinct_id, session_id, trace_id, span_id = _current_ids_and_span()
         event_uuid = fields.get(EVENT_UUID_ATTR)
-        if len(step) != 5:  # a long step: extras, an exception, or a formatted message
-            _submit(options, step, distinct_id, session_id, trace_id, span_id, event_uuid)
+        if len(step) != _SHORT_NODE:  # a long step: extras, an exception, or a formatted message
+            _submit(options, step[_STEP:], distinct_id, session_id, trace_id, span_id, event_uuid)
             return
-        template, args = step[3], step[4]
+        # step: a node, its step from _STEP: (created, levelno, name, template, arguments)
+        template, args = step[_STEP + 3], step[_STEP + 4]
         units = (
             _BASE_UNITS
             + (len(template) + (0 if args is None else len(args) * _MAX_ARGUMENT)) // UNIT
         )
         _LOGS.submit(
-            (options, step, distinct_id, session_id, trace_id, span_id, event_uuid, units), units
+            (
+                options,
+                units,
+                distinct_id,
+                session_id,
+                trace_id,
+                span_id,
+                event_uuid,
+                step[_STEP],
+                step[_STEP + 1],
+                step[_STEP + 2],
+                template,
+                args,
+            ),
+            units,
         )
     except Exception as error:
         _guard.internal_error(error)
@@ -258,7 +275,7 @@ def _submit(
     if type(event_uuid) is not str:
         event_uuid = None
     _LOGS.submit(
-        (options, step, distinct_id, session_id, trace_id, span_id, event_uuid, units), units
+        (options, units, distinct_id, session_id, trace_id, span_id, event_uuid, *step), units
     )
 
 
@@ -267,7 +284,8 @@ def render(snapshot: LogSnapshot) -> dict[str, Any]:
     only): ``body``, ``level`` (PostHog's name), ``severity_number``, ``severity_text``,
     ``timestamp`` (epoch seconds), ``logger``, ``attributes``, ``trace_id``/``span_id``
     (hex, or None)."""
-    options, step, distinct_id, session_id, trace_id, span_id, event_uuid, _ = snapshot
+    options, _, distinct_id, session_id, trace_id, span_id, event_uuid = snapshot[:SNAPSHOT_STEP]
+    step = snapshot[SNAPSHOT_STEP:]
     created, levelno, name = step[:3]
     extras, exception = (step[5], step[6]) if len(step) > 5 else (None, None)
     body = _steps.message_of(step)
