@@ -237,19 +237,21 @@ class DeliveryWorker:
                     # payloads here would only compete with it for the GIL.
                     time.sleep(_BATCH_DELAY)
                 idle = False
-                self._wait_until(item.not_before)
+                self._wait_until(item)
                 self._deliver(item)
                 del item  # hold no delivered event (its properties, its client) while idle
                 if work.empty():
                     self._hurry = False
                     idle = True
 
-    def _wait_until(self, not_before: float) -> None:
-        """Hold an event back until ``not_before`` (a grace for late properties), unless a
-        flush is waiting for it."""
+    def _wait_until(self, snapshot: EventSnapshot) -> None:
+        """Hold an event back until its ``not_before`` (a grace for late properties),
+        unless a flush is waiting for it or the late properties are settled already (the
+        grace is a bound for a loaded machine; the common case ends in milliseconds)."""
+        not_before, late = snapshot.not_before, snapshot.late
         while not self._hurry:
             remaining = not_before - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or (late is not None and late.settled()):
                 return
             time.sleep(min(remaining, _GRACE_POLL))
 

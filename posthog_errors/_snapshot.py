@@ -88,6 +88,11 @@ class LateProperties(Protocol):
 
     def wait(self, timeout: float) -> dict[str, Any] | None: ...
 
+    def settled(self) -> bool:
+        """True once the other side has decided (sent its event, or not): an event held
+        back for these properties need not wait out the rest of its grace."""
+        ...
+
 
 @dataclasses.dataclass(slots=True)
 class EventSnapshot:

@@ -267,3 +267,44 @@ def check(
     # wait for it: it names it if Sentry decided before the event went out, never another.
     assert mechanism == "excepthook"
     assert props.get("$sentry_event_id") in (None, sentry_event["event_id"]), props
+
+
+SLOW_SENTRY = """
+import sys, time, logging, posthog, posthog_errors, sentry_sdk
+from sentry_sdk.integrations.logging import LoggingIntegration
+client = posthog.Posthog("phc_test", host=sys.argv[1], flush_interval=0.01, max_retries=0)
+def slow(event, hint):  # Sentry building its event on a loaded machine: 0.6 s
+    time.sleep(0.6)
+    return event
+from sentry_sdk.scope import add_global_event_processor
+add_global_event_processor(slow)  # before the bridge's own processor
+sentry_sdk.init(dsn=sys.argv[2], auto_enabling_integrations=False,
+                integrations=[LoggingIntegration(event_level=logging.ERROR)])
+posthog_errors.install(client)
+posthog_errors.set_distinct_id("user-1")
+try:
+    raise ValueError("card declined")
+except ValueError:
+    logging.getLogger("shop").exception("checkout failed")
+sentry_sdk.flush(10)
+assert posthog_errors.flush(10)
+"""
+
+
+def test_a_logged_failure_links_a_sentry_event_that_took_longer_than_a_moment() -> None:
+    """The PostHog event of a log record waits for Sentry's decision, which ends the wait
+    as soon as it is made; a Sentry slow to get its event to the bridge (0.6 s here: the
+    wait was a fixed 0.3 s once, and CI's load lost links) is still named."""
+    with CaptureServer() as capture, SentryServer(project_id=4242) as sentry:
+        result = subprocess.run(
+            [sys.executable, "-X", "faulthandler", "-c", SLOW_SENTRY, capture.url, sentry.dsn],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        [sentry_event] = sentry.events
+        [event] = capture.exception_events()
+    assert_event_conforms(event)
+    assert event["properties"]["$sentry_event_id"] == sentry_event["event_id"]
+    assert sentry_event["tags"]["posthog_distinct_id"] == "user-1"

@@ -72,9 +72,12 @@ PERSON_URL_TAG = "PostHog Person URL"
 DEFAULT_PREFIX = "https://sentry.io/organizations/"
 # $exception_source of the events this bridge sends (PostHog's SDK event spec form).
 SENTRY_SOURCE = "sentry.event_processor"
-# How long a PostHog event waits for Sentry to see the same exception (a log record reaches
-# this library before sentry-sdk's logging integration, for example), when Sentry will.
-LINK_GRACE_SECONDS = 0.3
+# How long a PostHog event waits at most for Sentry to see the same exception (a log record
+# reaches this library before sentry-sdk's logging integration, for example), when Sentry
+# will. The wait ends as soon as Sentry decided (SentryLink.settled), in milliseconds
+# usually: the bound is for a loaded machine, where building Sentry's event on the app's
+# thread took over 0.3 s (the former bound) under CI's load, and the link was lost.
+LINK_GRACE_SECONDS = 1.0
 _DECISION_POLL = 0.005
 
 # The options of a Reporter, accepted by the integration as its own PostHog options.
@@ -112,7 +115,7 @@ class SentryLink:
     ``error_sampler`` wrappers), read by the delivery worker, which polls: no lock.
     """
 
-    __slots__ = ("_open", "distinct_id", "event_id", "excluded", "url")
+    __slots__ = ("_decisions", "_open", "distinct_id", "event_id", "excluded", "url")
 
     def __init__(self) -> None:
         self.event_id: str | None = None  # the first Sentry event that was sent
@@ -120,6 +123,7 @@ class SentryLink:
         self.distinct_id: str | None = None
         self.excluded = False  # the user's before_send took the PostHog tag off
         self._open: list[object] = []  # events past every processor, not decided yet
+        self._decisions = 0  # events Sentry decided on (sent or not)
 
     def opened(self, token: object) -> None:
         self._open.append(token)
@@ -130,6 +134,14 @@ class SentryLink:
             self.event_id = event_id
         with contextlib.suppress(ValueError):
             self._open.remove(token)
+        self._decisions += 1
+
+    def settled(self) -> bool:
+        """Whether Sentry has decided on this exception: an event sent, the PostHog tag
+        removed, or every event it opened decided."""
+        return (
+            self.event_id is not None or self.excluded or (self._decisions > 0 and not self._open)
+        )
 
     def wait(self, timeout: float) -> dict[str, Any] | None:
         """``$sentry_*`` properties if Sentry sent an event for this exception, else none;
