@@ -306,9 +306,12 @@ def test_a_client_whose_flush_raised_once_does_not_poison_later_flushes(
     calls: list[str] = []
 
     def flush_that_breaks_once(*args: Any, **kwargs: Any) -> None:
-        calls.append("flush")
-        if len(calls) == 1:
-            raise OSError("the client could not flush this time")
+        # The prompt flusher's own flush (about 0.3 s after the hand-off) may come first on
+        # a slow machine: only the flushes posthog_errors.flush() makes count here.
+        if threading.current_thread().name != "posthog-errors-flusher":
+            calls.append("flush")
+            if len(calls) == 1:
+                raise OSError("the client could not flush this time")
         real_flush(*args, **kwargs)
 
     monkeypatch.setattr(posthog_client, "flush", flush_that_breaks_once)
