@@ -138,8 +138,10 @@ def test_a_burst_of_failures_holding_big_locals_costs_about_one_failure() -> Non
 @linux_only
 def test_with_code_variables_pending_locals_are_bounded() -> None:
     # MAX_PENDING_LOCALS snapshots may pin their frames' locals until the worker renders
-    # them, plus the failure live in the app's frame, plus slack for the allocator.
-    bound = (MAX_PENDING_LOCALS + 3) * BLOB_MIB
+    # them, plus the one the worker has just rendered (its permit back, its blob not yet
+    # freed), the failure live in the app's frame, the next one being built, and slack for
+    # the allocator. (+3 was exceeded by 0.12 MiB once on a loaded CI machine: 11 blobs.)
+    bound = (MAX_PENDING_LOCALS + 4) * BLOB_MIB
     with CaptureServer() as server:
         report = run_burst(server, code_variables=True, limit_mib=bound)
 
